@@ -1,0 +1,31 @@
+"""trainspect: see what a model is really learning while it trains.
+
+    import trainspect as ts
+    with ts.init(project="qwen-lora", config=vars(args)) as run:
+        run.log({"loss": loss, "lr": lr}, step=step)
+
+`ts.open(dir)` reads runs back. Torch is imported only by the parts that need it.
+"""
+
+from __future__ import annotations
+
+from trainspect.errors import TrainspectError
+from trainspect.records import Alert, Matrix, SampleRow, Scalar
+from trainspect.run import Run, init
+from trainspect.store.reader import Reader, RunView, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Alert",
+    "Matrix",
+    "Reader",
+    "Run",
+    "RunView",
+    "SampleRow",
+    "Scalar",
+    "TrainspectError",
+    "__version__",
+    "init",
+    "open",
+]

@@ -1,0 +1,43 @@
+"""The `trainspect` command: parse, call the library, format. Each command is one module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainspect.errors import TrainspectError
+
+COMMANDS = ("ls", "show", "export", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainspect.cli import demo, export, ls, show
+
+    parser = argparse.ArgumentParser(
+        prog="trainspect", description="See what a model is really learning while it trains."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (demo, ls, show, export):
+        module.add_parser(sub)
+    return parser
+
+
+def add_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default=None,
+                        help="runs directory (default: $TRAINSPECT_DIR, else ./trainspect-runs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except TrainspectError as err:
+        print(f"trainspect: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `trainspect show RUN | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

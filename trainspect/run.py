@@ -1,0 +1,414 @@
+"""The front door: `init`, the `Run` a training loop talks to, its step clock and flush.
+
+Everything a training step calls returns in microseconds and never raises: values
+are appended to the writer's queues, device tensors stay on the device until the
+flush, and a failure inside trainspect is logged, counted and reported once as an
+alert while training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from collections import deque
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from trainspect import lifecycle
+from trainspect.errors import TrainspectError
+from trainspect.flush import Flusher, Part
+from trainspect.paths import check_name, new_run_id, run_path, runs_dir
+from trainspect.probes.base import Probe
+from trainspect.records import ALERT_LEVELS, Alert, Scalar
+from trainspect.runinfo import describe_process
+
+log = logging.getLogger("trainspect")
+
+
+class _NullWriter:
+    """Stands in for the store when it cannot be opened: accepts and drops everything."""
+
+    def __init__(self) -> None:
+        self.scalars: deque = deque(maxlen=0)
+        self.records: deque = deque(maxlen=0)
+        self.jobs: deque = deque(maxlen=0)
+        self.observers: list = []
+        self.alive = False
+
+    def set_meta(self, **values: Any) -> None:
+        pass
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        return False
+
+    def close(self, timeout: float = 60.0) -> bool:
+        return False
+
+
+class Run:
+    """One training run: what the loop logs and observes goes to `<dir>/<project>/<id>.db`.
+
+    Create it with `trainspect.init(...)`. Use it as a context manager, or call
+    `finish()`; it also finishes at interpreter exit and on SIGTERM/SIGINT.
+    """
+
+    def __init__(
+        self,
+        project: str = "default",
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        dir: str | Path | None = None,
+        *,
+        tokenizer: Any = None,
+        log_every: int = 10,
+        samples_every: int = 200,
+        num_samples: int = 5,
+        resume: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        check_name(project, "project")
+        for argument, value in (("log_every", log_every), ("samples_every", samples_every),
+                                ("num_samples", num_samples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
+                    argument == "log_every" and value < 1):
+                raise TrainspectError(
+                    f"expected `{argument}` to be a {'positive' if argument == 'log_every' else 'non-negative'} int, got {value!r}"  # noqa: E501
+                )
+        if config is not None and not isinstance(config, dict):
+            config = _config_dict(config)
+        self.project = project
+        self.root = runs_dir(dir)
+        self.tokenizer = tokenizer
+        self.log_every = log_every
+        self.samples_every = samples_every
+        self.num_samples = num_samples
+        self.verbose = verbose
+        self.config = dict(config or {})
+        self.errors: dict[str, int] = {}
+        self.rejected_values = 0
+        self._warned: set[str] = set()
+        self._finished = False
+        self._probes: dict[str, Probe] = {}
+        self._disabled: set[str] = set()
+        self._pending_tensors: list[tuple[int, float, str, Any]] = []
+        self._flusher = Flusher()
+        self._step = 0
+        self._steps_given = False
+        self._auto_step = 0
+        self._window_end = log_every
+        now = time.time()
+
+        attempt, started_at, previous = 1, now, {}
+        if resume is not None:
+            self.path, previous = self._find_resumed(resume)
+            self.id = self.path.stem
+            attempt = int(previous.get("attempt", 1)) + 1
+            started_at = float(previous.get("started_at", now))
+            name = name or previous.get("name")
+            self.config = {**dict(previous.get("config") or {}), **self.config}
+        else:
+            self.id = new_run_id(now)
+            self.path = run_path(self.root, project, self.id)
+        self.name = name or self.id
+        self._writer = self._open_writer(attempt)
+        self._writer.set_meta(
+            id=self.id, project=project, name=self.name, config=self.config,
+            status="running", started_at=started_at, attempt=attempt,
+            attempt_started_at=now, ended_at=None, log_every=log_every,
+            **describe_process(),
+        )
+        lifecycle.register(self)
+
+    # ---- opening the store ---------------------------------------------------------------
+
+    def _find_resumed(self, resume: str) -> tuple[Path, dict[str, Any]]:
+        from trainspect.store.reader import Reader
+
+        try:
+            view = Reader(self.root).run(f"{self.project}/{resume}")
+        except TrainspectError as err:
+            raise TrainspectError(f"cannot resume: `resume`={resume!r}: {err}") from err
+        meta = dict(view.meta)
+        view.close()
+        return view.path, meta
+
+    def _open_writer(self, attempt: int) -> Any:
+        from trainspect.store.writer import StoreWriter
+
+        try:
+            return StoreWriter(self.path, attempt=attempt)
+        except (OSError, sqlite3.Error, TrainspectError) as err:
+            log.error(
+                "trainspect: cannot open the run store at %s (%s). Training goes on, but "
+                "this run records nothing: set `dir=` or $TRAINSPECT_DIR to a writable place.",
+                self.path, err,
+            )
+            return _NullWriter()
+
+    # ---- the step clock --------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The highest step any call has given so far."""
+        return self._step
+
+    def _advance(self, step: Any) -> int:
+        """Take the caller's step, flushing the window when a later one begins."""
+        if step is None:
+            if self._steps_given:
+                return self._step
+            step = self._auto_step
+            self._auto_step += 1
+        else:
+            if type(step) is not int:
+                step = _as_step(step)
+            self._steps_given = True
+        if step > self._window_end:
+            self._flush_device()
+            self._window_end = -(-step // self.log_every) * self.log_every
+        if step > self._step:
+            self._step = step
+        return step
+
+    # ---- logging -------------------------------------------------------------------------
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Record scalars at `step`: floats, ints, numpy numbers or 0-d tensors.
+
+        Device tensors are not read until the flush. `step` defaults to the last step
+        given to the run, or counts `log` calls if no call ever gave one. NaN and inf
+        are stored as they are; a value that is not a number is dropped with one
+        warning per key and counted in `rejected_values`.
+        """
+        if self._finished:
+            self._reject("log", metrics, "the run has finished")
+            return
+        try:
+            step = self._advance(step)
+            now = time.time()
+            for value in metrics.values():
+                if type(value) is not float:
+                    values = self._clean(metrics, step, now)
+                    break
+            else:
+                values = dict(metrics)
+            if values:
+                self._writer.scalars.append((step, now, values))
+        except TrainspectError as err:
+            self._reject("step", step, str(err))
+        except Exception as err:
+            self._internal_error("log", err)
+
+    def _clean(self, metrics: dict[str, Any], step: int, now: float) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for key, value in metrics.items():
+            if not isinstance(key, str) or not key:
+                self._reject(repr(key), value, "metric names must be non-empty strings")
+            elif type(value) is float or (isinstance(value, Real)):
+                values[key] = float(value)
+            elif _is_tensor(value):
+                if value.numel() != 1:
+                    self._reject(key, value, f"expected a 0-d tensor, got shape "
+                                             f"{tuple(value.shape)}")
+                elif value.device.type == "cpu":
+                    values[key] = float(value.detach().reshape(()))
+                else:
+                    self._pending_tensors.append((step, now, key, value.detach().reshape(())))
+            elif hasattr(value, "item") and getattr(value, "size", 0) == 1:
+                values[key] = float(value.item())  # 1-element numpy arrays
+            else:
+                self._reject(key, value, "expected a number")
+        return values
+
+    def _reject(self, key: str, value: Any, why: str) -> None:
+        self.rejected_values += 1
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("trainspect: step %d: dropped %s=%.80r (%s); this warning is shown once "
+                        "per key, rejected values are counted", self._step, key, value, why)
+
+    def alert(self, text: str, level: str = "warning", action: str = "",
+              step: int | None = None) -> None:
+        """Raise an alert of your own: it goes to the console (logging) and the store."""
+        try:
+            if level not in ALERT_LEVELS:
+                self._reject("alert.level", level, f"expected one of {ALERT_LEVELS}")
+                level = "warning"
+            step = self._step if step is None else _as_step(step)
+            self._deliver(Alert(step=step, rule="user", level=level, message=str(text),
+                                action=str(action), wall_time=time.time()))
+        except Exception as err:
+            self._internal_error("alert", err)
+
+    def _deliver(self, alert: Alert) -> None:
+        log.log(
+            {"info": logging.INFO, "warning": logging.WARNING}.get(alert.level, logging.ERROR),
+            "trainspect [%s] step %d: %s%s", alert.level, alert.step, alert.message,
+            f" -> {alert.action}" if alert.action else "",
+        )
+        self._writer.records.append(alert)
+
+    # ---- probes ------------------------------------------------------------------------------
+
+    def add_probe(self, probe: Probe) -> Probe:
+        """Attach a probe; its state is flushed with everything else."""
+        self._probes[probe.name] = probe
+        return probe
+
+    def probe(self, name: str) -> Probe | None:
+        return self._probes.get(name)
+
+    def _probe_failed(self, name: str, where: str, err: BaseException) -> None:
+        """Switch a failing probe off and say so once; training and other probes go on."""
+        if name in self._disabled:
+            return
+        self._disabled.add(name)
+        self._probes.pop(name, None)
+        log.debug("trainspect: probe %s failed in %s", name, where, exc_info=err)
+        self._deliver(Alert(
+            step=self._step, rule="probe_failed", level="warning",
+            message=f"the {name} probe failed in {where} ({type(err).__name__}: {err}) "
+                    "and was switched off; other probes go on",
+            action="Report this with the traceback from the debug log "
+                   "(logging.getLogger('trainspect').setLevel('DEBUG')).",
+            wall_time=time.time(),
+        ))
+
+    # ---- flushing ----------------------------------------------------------------------------
+
+    def _flush_device(self) -> None:
+        """Queue the window's device values for the writer; never waits for the device."""
+        try:
+            parts = [self._probe_part(p) for p in list(self._probes.values())]
+            parts.extend(self._tensor_parts())
+            job = self._flusher.start([p for p in parts if p is not None])
+            for probe in list(self._probes.values()):
+                try:
+                    probe.reset()
+                except Exception as err:
+                    self._probe_failed(probe.name, "reset", err)
+            if job is not None:
+                self._writer.jobs.append(job)
+        except Exception as err:
+            self._internal_error("flush", err)
+
+    def _probe_part(self, probe: Probe) -> Part | None:
+        try:
+            tensors = list(probe.state())
+        except Exception as err:
+            self._probe_failed(probe.name, "state", err)
+            return None
+        step = self._step
+
+        def consume(arrays: list) -> list:
+            try:
+                return probe.compute(arrays, step, time.time())
+            except Exception as err:
+                self._probe_failed(probe.name, "compute", err)
+                return []
+
+        return Part(tensors, consume)
+
+    def _tensor_parts(self) -> list[Part]:
+        pending, self._pending_tensors = self._pending_tensors, []
+        groups: dict[tuple, list[tuple[int, float, str, Any]]] = {}
+        for entry in pending:
+            groups.setdefault((entry[3].device, entry[3].dtype), []).append(entry)
+        parts = []
+        for entries in groups.values():
+            import torch
+
+            def consume(arrays: list, entries: list = entries) -> list:
+                return [Scalar(key, step, float(v), wall_time)
+                        for (step, wall_time, key, _), v in zip(entries, arrays[0].tolist())]
+
+            parts.append(Part([torch.stack([e[3] for e in entries])], consume, reduce=False))
+        return parts
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Make everything logged so far durable; True once it is in the store."""
+        if self._finished:
+            return False
+        try:
+            self._flush_device()
+            self._window_end = -(-(self._step + 1) // self.log_every) * self.log_every
+            return self._writer.flush(timeout)
+        except Exception as err:
+            self._internal_error("flush", err)
+            return False
+
+    def finish(self, status: str = "finished", **meta: Any) -> None:
+        """Flush, mark the run `status` (finished or failed) and close its file."""
+        if self._finished:
+            return
+        try:
+            self._flush_device()
+            self._writer.set_meta(status=status, ended_at=time.time(),
+                                  rejected_values=self.rejected_values,
+                                  internal_errors=dict(self.errors), **meta)
+            self._finished = True
+            self._writer.close()
+        except Exception as err:
+            self._internal_error("finish", err)
+        finally:
+            self._finished = True
+            lifecycle.unregister(self)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+            self.finish()
+        else:
+            self.finish("failed", error=f"{exc_type.__name__}: {exc}")
+
+    def __repr__(self) -> str:
+        return f"Run({self.project}/{self.id}, step={self._step}, path={str(self.path)!r})"
+
+    def _internal_error(self, where: str, err: BaseException) -> None:
+        """A bug or bad state inside trainspect: count it, log it once, keep training."""
+        self.errors[where] = self.errors.get(where, 0) + 1
+        if self.errors[where] == 1:
+            log.warning("trainspect: internal error in %s (%s: %s); training goes on, "
+                        "further errors here are counted", where, type(err).__name__, err,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _as_step(step: Any) -> int:
+    if _is_tensor(step):
+        raise TrainspectError("expected `step` to be an int, got a tensor (that would sync)")
+    if isinstance(step, bool) or not isinstance(step, Real) or not math.isfinite(step):
+        raise TrainspectError(f"expected `step` to be an int, got {step!r}")
+    return int(step)
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    """Accept argparse Namespaces, dataclasses and objects with __dict__ as config."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    if hasattr(config, "__dict__"):
+        return dict(vars(config))
+    raise TrainspectError(f"expected `config` to be a dict, got {type(config).__name__}")
+
+
+def init(
+    project: str = "default",
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    dir: str | Path | None = None,
+    **kwargs: Any,
+) -> Run:
+    """Start (or with `resume=run_id`, continue) a run. See `Run` for the arguments."""
+    return Run(project, name, config, dir, **kwargs)

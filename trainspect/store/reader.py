@@ -1,0 +1,345 @@
+"""The read side: list runs, read series, samples, matrices and alerts, follow live runs.
+
+Used by the CLI, the dashboard and notebooks (`ts.open(dir)`). It opens run files
+read-only, so it can read while a trainer writes, and never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainspect.errors import TrainspectError
+from trainspect.paths import RUN_SUFFIX, run_files, runs_dir
+from trainspect.store import schema
+from trainspect.store.chunks import decode, downsample
+from trainspect.store.connect import connect_for_read
+from trainspect.store.matrices import unpack_matrix
+
+# A run still marked running whose heartbeat is older than this has crashed.
+STALE_HEARTBEAT_S = 60.0
+
+
+def derive_status(meta: dict[str, Any], now: float | None = None) -> str:
+    """running / finished / failed as written, or crashed when the writer is gone.
+
+    The writer beats every few seconds. A run whose process died (SIGKILL, OOM,
+    a lost node) stops beating: it shows as crashed once its heartbeat is stale,
+    or at once when it ran on this host and its process no longer exists.
+    """
+    status = str(meta.get("status", "unknown"))
+    if status != "running":
+        return status
+    now = time.time() if now is None else now
+    beat = float(meta.get("heartbeat_at") or meta.get("started_at") or 0.0)
+    if now - beat > STALE_HEARTBEAT_S:
+        return "crashed"
+    pid = meta.get("pid")
+    if meta.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        return "crashed"
+    return status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunView:
+    """One run, read from its file. Cheap to create; opens the file on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.project = path.parent.name
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self.meta: dict[str, Any] = {}
+        self.refresh()
+
+    # ---- identity and metadata ---------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return str(self.meta.get("id") or self.path.name[: -len(RUN_SUFFIX)])
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.id)
+
+    @property
+    def status(self) -> str:
+        return derive_status(self.meta)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.meta.get("config") or {})
+
+    @property
+    def started_at(self) -> float | None:
+        return self.meta.get("started_at")
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.meta.get("ended_at")
+
+    def __repr__(self) -> str:
+        return f"RunView({self.project}/{self.id}, status={self.status})"
+
+    def refresh(self) -> RunView:
+        """Re-read the run's metadata (status, heartbeat, end time)."""
+        with self._query() as conn:
+            rows = conn.execute("SELECT key, value FROM meta").fetchall() if self._has(
+                conn, "meta") else []
+        self.meta = {key: json.loads(value) for key, value in rows}
+        return self
+
+    @contextmanager
+    def _query(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                conn = connect_for_read(self.path)
+                try:
+                    schema.check_readable(conn, self.path)
+                except TrainspectError:
+                    conn.close()
+                    raise
+                self._conn = conn
+            yield self._conn
+
+    @staticmethod
+    def _has(conn: sqlite3.Connection, table: str) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # ---- scalars -------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Metric names that have at least one point, sorted."""
+        with self._query() as conn:
+            rows = conn.execute(
+                "SELECT name FROM keys WHERE id IN (SELECT DISTINCT key_id FROM scalar_chunks) "
+                "ORDER BY name"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def arrays(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) as numpy arrays, one value per step, newest write winning."""
+        with self._query() as conn:
+            rows = conn.execute(
+                "SELECT c.steps, c.vals FROM scalar_chunks c JOIN keys k ON k.id = c.key_id "
+                "WHERE k.name = ? ORDER BY c.seq",
+                (key,),
+            ).fetchall()
+        return decode(rows)
+
+    def series(self, key: str, buckets: int | None = None) -> list[tuple]:
+        """[(step, value), ...] at full resolution, or with `buckets` a chart-sized
+        [(step, min, max), ...] (min/max per bucket of equal step width)."""
+        steps, vals = self.arrays(key)
+        if buckets is None:
+            return list(zip(steps.tolist(), vals.tolist()))
+        if not isinstance(buckets, int) or buckets < 1:
+            raise TrainspectError(f"expected `buckets` to be a positive int, got {buckets!r}")
+        return downsample(steps, vals, buckets)
+
+    def latest(self, key: str) -> tuple[int, float] | None:
+        """(step, value) of the highest step logged for `key`, or None."""
+        steps, vals = self.arrays(key)
+        if steps.size == 0:
+            return None
+        return int(steps[-1]), float(vals[-1])
+
+    def latest_values(self) -> dict[str, float]:
+        """The last value written for every key, from chunk summaries (no decoding)."""
+        with self._query() as conn:
+            rows = conn.execute(
+                "SELECT k.name, c.vlast FROM scalar_chunks c JOIN keys k ON k.id = c.key_id "
+                "WHERE c.seq IN (SELECT MAX(seq) FROM scalar_chunks GROUP BY key_id)"
+            ).fetchall()
+        return {name: (float("nan") if v is None else v) for name, v in rows}
+
+    def last_step(self) -> int | None:
+        with self._query() as conn:
+            row = conn.execute("SELECT MAX(step_max) FROM scalar_chunks").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    # ---- live following ----------------------------------------------------------------
+
+    def rows_after(self, cursor: int = 0, keys: list[str] | None = None) -> dict[str, Any]:
+        """Everything written after `cursor` (a seq), and the cursor to ask with next.
+
+        Scalars come as {key: [(step, value), ...]}; a merged chunk may repeat points
+        the caller already has, with the same values, so merge by step.
+        """
+        with self._query() as conn:
+            chunk_rows = conn.execute(
+                "SELECT c.seq, k.name, c.steps, c.vals FROM scalar_chunks c "
+                "JOIN keys k ON k.id = c.key_id WHERE c.seq > ? ORDER BY c.seq",
+                (cursor,),
+            ).fetchall()
+            sample_rows = self._sample_rows(conn, "seq > ?", (cursor,))
+            alert_rows = self._alert_rows(conn, "seq > ?", (cursor,))
+            matrix_rows = conn.execute(
+                "SELECT seq, name, step FROM matrices WHERE seq > ? ORDER BY seq", (cursor,)
+            ).fetchall()
+        wanted = set(keys) if keys is not None else None
+        scalars: dict[str, list[tuple[int, float]]] = {}
+        new_cursor = cursor
+        for seq, name, steps, vals in chunk_rows:
+            new_cursor = max(new_cursor, seq)
+            if wanted is not None and name not in wanted:
+                continue
+            s, v = decode([(steps, vals)])
+            scalars.setdefault(name, []).extend(zip(s.tolist(), v.tolist()))
+        for row in sample_rows:
+            new_cursor = max(new_cursor, row["seq"])
+        for row in alert_rows:
+            new_cursor = max(new_cursor, row["seq"])
+        for seq, _, _ in matrix_rows:
+            new_cursor = max(new_cursor, seq)
+        return {
+            "cursor": new_cursor,
+            "scalars": scalars,
+            "samples": sample_rows,
+            "alerts": alert_rows,
+            "matrices": [{"name": n, "step": s} for _, n, s in matrix_rows],
+        }
+
+    # ---- samples, matrices, alerts -----------------------------------------------------
+
+    def samples(self, step: int | None = None, stream: str | None = None) -> list[dict]:
+        """Prediction sample rows as dicts (all steps, or one step), oldest first."""
+        where, args = ["1 = 1"], []
+        if step is not None:
+            where.append("step = ?")
+            args.append(int(step))
+        if stream is not None:
+            where.append("stream = ?")
+            args.append(stream)
+        with self._query() as conn:
+            return self._sample_rows(conn, " AND ".join(where), tuple(args))
+
+    def sample_steps(self) -> list[int]:
+        with self._query() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT step FROM samples ORDER BY step")]
+
+    @staticmethod
+    def _sample_rows(conn: sqlite3.Connection, where: str, args: tuple) -> list[dict]:
+        rows = conn.execute(
+            "SELECT seq, step, stream, grp, sample_id, context, positions, wall_time "
+            f"FROM samples WHERE {where} ORDER BY seq",
+            args,
+        ).fetchall()
+        return [
+            {"seq": r[0], "step": r[1], "stream": r[2], "group": r[3], "sample_id": r[4],
+             "context": r[5], "positions": json.loads(r[6]), "wall_time": r[7]}
+            for r in rows
+        ]
+
+    def matrix_names(self) -> list[str]:
+        with self._query() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT name FROM matrices ORDER BY name")]
+
+    def matrix(self, name: str, step: int | None = None) -> dict[str, Any] | None:
+        """The matrix `name` at `step` (the latest at or before it; the newest if None)."""
+        query = ("SELECT step, n_rows, n_cols, vals, row_labels, col_labels FROM matrices "
+                 "WHERE name = ?")
+        args: tuple = (name,)
+        if step is not None:
+            query += " AND step <= ?"
+            args = (name, int(step))
+        with self._query() as conn:
+            row = conn.execute(query + " ORDER BY step DESC, seq DESC LIMIT 1", args).fetchone()
+        if row is None:
+            return None
+        return {"name": name, "step": row[0], "values": unpack_matrix(row[1], row[2], row[3]),
+                "row_labels": json.loads(row[4]), "col_labels": json.loads(row[5])}
+
+    def matrix_steps(self, name: str) -> list[int]:
+        with self._query() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT DISTINCT step FROM matrices WHERE name = ? ORDER BY step", (name,))]
+
+    def alerts(self) -> list[dict]:
+        """Alerts as dicts with step, rule, level, message, action, state, oldest first."""
+        with self._query() as conn:
+            return self._alert_rows(conn, "1 = 1", ())
+
+    @staticmethod
+    def _alert_rows(conn: sqlite3.Connection, where: str, args: tuple) -> list[dict]:
+        rows = conn.execute(
+            "SELECT seq, step, rule, level, message, action, state, wall_time "
+            f"FROM alerts WHERE {where} ORDER BY seq",
+            args,
+        ).fetchall()
+        return [
+            {"seq": r[0], "step": r[1], "rule": r[2], "level": r[3], "message": r[4],
+             "action": r[5], "state": r[6], "wall_time": r[7]}
+            for r in rows
+        ]
+
+
+class Reader:
+    """All runs under one runs directory (`ts.open(dir)`)."""
+
+    def __init__(self, dir: str | os.PathLike | None = None) -> None:
+        self.root = runs_dir(dir)
+        if not self.root.is_dir():
+            raise TrainspectError(f"no runs directory at {self.root}")
+
+    def __repr__(self) -> str:
+        return f"Reader({str(self.root)!r})"
+
+    def projects(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    def runs(self, project: str | None = None) -> list[RunView]:
+        """Every readable run, newest first. Unreadable files are skipped, not fatal."""
+        views = []
+        for path in run_files(self.root, project):
+            try:
+                views.append(RunView(path))
+            except (TrainspectError, sqlite3.Error):
+                continue
+        views.sort(key=lambda v: (v.started_at or 0.0, v.id), reverse=True)
+        return views
+
+    def run(self, run_id: str) -> RunView:
+        """The run whose id is `run_id` or starts with it (also `project/run_id`)."""
+        project, _, wanted = run_id.rpartition("/")
+        files = run_files(self.root, project or None)
+        exact = [f for f in files if f.name == wanted + RUN_SUFFIX]
+        matches = exact or [f for f in files if f.name.startswith(wanted)]
+        if not wanted or not matches:
+            raise TrainspectError(f"no run {run_id!r} in {self.root}")
+        if len(matches) > 1:
+            names = ", ".join(sorted(f"{f.parent.name}/{f.stem}" for f in matches)[:5])
+            raise TrainspectError(f"run id {run_id!r} is ambiguous in {self.root}: {names}")
+        return RunView(matches[0])
+
+
+def open(dir: str | os.PathLike | None = None) -> Reader:  # noqa: A001 - mirrors `ts.open`
+    """Open the runs directory for reading (`dir`, else $TRAINSPECT_DIR, else ./trainspect-runs)."""
+    return Reader(dir)
