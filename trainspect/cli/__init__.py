@@ -38,6 +38,3 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `trainspect show RUN | head`
         return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -154,6 +154,21 @@ class RunView:
             ).fetchall()
         return decode(rows)
 
+    def history(self, key: str) -> list[tuple[int, int, float]]:
+        """Every point ever written for `key`, superseded ones too: (attempt, step, value)."""
+        with self._query() as conn:
+            rows = conn.execute(
+                "SELECT c.attempt, c.steps, c.vals FROM scalar_chunks c JOIN keys k "
+                "ON k.id = c.key_id WHERE k.name = ? ORDER BY c.seq",
+                (key,),
+            ).fetchall()
+        points = []
+        for attempt, steps, vals in rows:
+            s = np.frombuffer(steps, "<i8").tolist()
+            v = np.frombuffer(vals, "<f8").tolist()
+            points.extend((attempt, a, b) for a, b in zip(s, v))
+        return points
+
     def series(self, key: str, buckets: int | None = None) -> list[tuple]:
         """[(step, value), ...] at full resolution, or with `buckets` a chart-sized
         [(step, min, max), ...] (min/max per bucket of equal step width)."""

@@ -1,0 +1,7 @@
+"""`python -m trainspect`: the same as the `trainspect` command."""
+
+import sys
+
+from trainspect.cli import main
+
+sys.exit(main())
