@@ -22,7 +22,7 @@ import numpy as np
 from trainspect.errors import TrainspectError
 from trainspect.paths import RUN_SUFFIX, run_files, runs_dir
 from trainspect.store import schema
-from trainspect.store.chunks import decode, downsample
+from trainspect.store.chunks import decode, decode_steps, downsample
 from trainspect.store.connect import connect_for_read
 from trainspect.store.matrices import unpack_matrix
 
@@ -148,8 +148,8 @@ class RunView:
         """(steps, values) as numpy arrays, one value per step, newest write winning."""
         with self._query() as conn:
             rows = conn.execute(
-                "SELECT c.steps, c.vals FROM scalar_chunks c JOIN keys k ON k.id = c.key_id "
-                "WHERE k.name = ? ORDER BY c.seq",
+                "SELECT c.steps, c.vals, c.n, c.step_min, c.step_max FROM scalar_chunks c "
+                "JOIN keys k ON k.id = c.key_id WHERE k.name = ? ORDER BY c.seq",
                 (key,),
             ).fetchall()
         return decode(rows)
@@ -158,13 +158,14 @@ class RunView:
         """Every point ever written for `key`, superseded ones too: (attempt, step, value)."""
         with self._query() as conn:
             rows = conn.execute(
-                "SELECT c.attempt, c.steps, c.vals FROM scalar_chunks c JOIN keys k "
-                "ON k.id = c.key_id WHERE k.name = ? ORDER BY c.seq",
+                "SELECT c.attempt, c.steps, c.vals, c.n, c.step_min, c.step_max "
+                "FROM scalar_chunks c JOIN keys k ON k.id = c.key_id WHERE k.name = ? "
+                "ORDER BY c.seq",
                 (key,),
             ).fetchall()
         points = []
-        for attempt, steps, vals in rows:
-            s = np.frombuffer(steps, "<i8").tolist()
+        for attempt, steps, vals, n, lo, hi in rows:
+            s = decode_steps(steps, n, lo, hi).tolist()
             v = np.frombuffer(vals, "<f8").tolist()
             points.extend((attempt, a, b) for a, b in zip(s, v))
         return points
@@ -210,8 +211,9 @@ class RunView:
         """
         with self._query() as conn:
             chunk_rows = conn.execute(
-                "SELECT c.seq, k.name, c.steps, c.vals FROM scalar_chunks c "
-                "JOIN keys k ON k.id = c.key_id WHERE c.seq > ? ORDER BY c.seq",
+                "SELECT c.seq, k.name, c.steps, c.vals, c.n, c.step_min, c.step_max "
+                "FROM scalar_chunks c JOIN keys k ON k.id = c.key_id WHERE c.seq > ? "
+                "ORDER BY c.seq",
                 (cursor,),
             ).fetchall()
             sample_rows = self._sample_rows(conn, "seq > ?", (cursor,))
@@ -222,11 +224,11 @@ class RunView:
         wanted = set(keys) if keys is not None else None
         scalars: dict[str, list[tuple[int, float]]] = {}
         new_cursor = cursor
-        for seq, name, steps, vals in chunk_rows:
+        for seq, name, *chunk in chunk_rows:
             new_cursor = max(new_cursor, seq)
             if wanted is not None and name not in wanted:
                 continue
-            s, v = decode([(steps, vals)])
+            s, v = decode([tuple(chunk)])
             scalars.setdefault(name, []).extend(zip(s.tolist(), v.tolist()))
         for row in sample_rows:
             new_cursor = max(new_cursor, row["seq"])

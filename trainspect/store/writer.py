@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trainspect.records import Alert, Matrix, SampleRow, Scalar
 from trainspect.store import schema
-from trainspect.store.chunks import pack
+from trainspect.store.chunks import decode_steps, pack
 from trainspect.store.connect import connect_for_write
 from trainspect.store.matrices import pack_matrix
 
@@ -34,9 +36,16 @@ MAX_LEVEL = 4  # 16**4 writes per chunk at most: chunks stay a few MB
 MAX_HELD_POINTS = 5_000_000  # what a failing disk may hold in memory before dropping
 
 Job = Callable[[], Iterable[Any]]
-Columns = dict[str, tuple[list[int], list[float], list[float]]]
+# Per key, segments of (int64 steps, float64 values, float64 wall times) arrays.
+Columns = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 # Sees each committed batch once (new scalar columns, other records); may add records.
 Observer = Callable[[Columns, list[Any]], Iterable[Any]]
+
+
+_INSERT_CHUNK = (
+    "INSERT INTO scalar_chunks (seq, key_id, attempt, level, n, step_min, step_max,"
+    " vmin, vmax, vlast, steps, vals, times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 def _json(value: Any) -> str:
@@ -147,8 +156,8 @@ class StoreWriter:
         records.extend(_drain(self.records))
         fresh: Columns = {}
         _add_entries(fresh, _drain(self.scalars))
-        _add_entries(fresh, ((r.step, r.wall_time, {r.key: r.value}) for r in records
-                             if isinstance(r, Scalar)))
+        _add_entries(fresh, [(r.step, r.wall_time, {r.key: r.value}) for r in records
+                             if isinstance(r, Scalar)])
         others = [r for r in records if not isinstance(r, Scalar)]
         for observer in self.observers:  # e.g. alert rules: they see each batch once
             try:
@@ -207,18 +216,18 @@ class StoreWriter:
 
     def _write_columns(self, columns: Columns) -> list[int]:
         rows = []
-        for name, (steps, vals, times) in columns.items():
+        for name, segments in columns.items():
+            if len(segments) == 1:
+                steps, vals, times = segments[0]
+            else:
+                steps, vals, times = (np.concatenate(parts) for parts in zip(*segments))
             chunk = pack(steps, vals, times)
             rows.append((
                 self._next_seq(), self._key_id(name), self.attempt, 0 if chunk.ordered else -1,
                 chunk.n, chunk.step_min, chunk.step_max, chunk.vmin, chunk.vmax,
                 _real(chunk.vlast), chunk.steps, chunk.vals, chunk.times,
             ))
-        self._conn.executemany(
-            "INSERT INTO scalar_chunks (seq, key_id, attempt, level, n, step_min, step_max,"
-            " vmin, vmax, vlast, steps, vals, times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
-        )
+        self._conn.executemany(_INSERT_CHUNK, rows)
         return [row[1] for row in rows if row[3] == 0]
 
     def _write_records(self, records: list[Any]) -> None:
@@ -280,34 +289,29 @@ class StoreWriter:
 
     def _merge(self, key_id: int, level: int) -> bool:
         parts = self._conn.execute(
-            "SELECT seq, n, step_min, step_max, vmin, vmax, vlast, steps, vals, times "
-            "FROM scalar_chunks WHERE key_id = ? AND level = ? AND attempt = ? ORDER BY seq",
+            "SELECT seq, n, step_min, step_max, steps, vals, times FROM scalar_chunks "
+            "WHERE key_id = ? AND level = ? AND attempt = ? ORDER BY seq",
             (key_id, level, self.attempt),
         ).fetchall()
         if len(parts) < 2:
             return False
         if any(b[2] <= a[3] for a, b in zip(parts, parts[1:])):
             return False  # steps went back somewhere: leave these chunks as written
-        mins = [p[4] for p in parts if p[4] is not None]
-        maxs = [p[5] for p in parts if p[5] is not None]
-        row = (
-            parts[-1][0], key_id, self.attempt, level + 1, sum(p[1] for p in parts),
-            parts[0][2], parts[-1][3], min(mins) if mins else None,
-            max(maxs) if maxs else None, parts[-1][6],
-            b"".join(p[7] for p in parts), b"".join(p[8] for p in parts),
-            b"".join(p[9] for p in parts),
-        )
+        steps = np.concatenate([decode_steps(p[4], p[1], p[2], p[3]) for p in parts])
+        vals = np.concatenate([np.frombuffer(p[5], "<f8") for p in parts])
+        times = np.concatenate([np.frombuffer(p[6], "<f8") for p in parts])
+        chunk = pack(steps, vals, times)
         self._conn.executemany("DELETE FROM scalar_chunks WHERE seq = ?", [(p[0],) for p in parts])
-        self._conn.execute(
-            "INSERT INTO scalar_chunks (seq, key_id, attempt, level, n, step_min, step_max,"
-            " vmin, vmax, vlast, steps, vals, times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            row,
-        )
+        self._conn.execute(_INSERT_CHUNK, (
+            parts[-1][0], key_id, self.attempt, level + 1, chunk.n, chunk.step_min,
+            chunk.step_max, chunk.vmin, chunk.vmax, _real(chunk.vlast), chunk.steps,
+            chunk.vals, chunk.times,
+        ))
         return True
 
     def _hold(self, columns: Columns, records: list[Any], meta: dict[str, Any]) -> None:
         """Keep a batch that could not be written, up to MAX_HELD_POINTS points."""
-        held = sum(len(c[0]) for c in columns.values())
+        held = sum(seg[0].size for segments in columns.values() for seg in segments)
         if held > MAX_HELD_POINTS:
             self.dropped_points += held
             columns = {}
@@ -346,25 +350,27 @@ def _drain(queue: deque) -> list:
             return out
 
 
-def _add_entries(columns: Columns, entries: Iterable[tuple[int, float, dict[str, float]]]) -> None:
-    for step, wall_time, values in entries:
-        for key, value in values.items():
-            column = columns.get(key)
-            if column is None:
-                column = columns[key] = ([], [], [])
-            column[0].append(step)
-            column[1].append(value)
-            column[2].append(wall_time)
+def _add_entries(columns: Columns, entries: list[tuple[int, float, dict[str, float]]]) -> None:
+    """Turn logged dicts into per-key arrays, a run of same-keyed dicts at a time."""
+    i, n = 0, len(entries)
+    while i < n:
+        keys = tuple(entries[i][2])
+        j = i + 1
+        while j < n and tuple(entries[j][2]) == keys:
+            j += 1
+        block = entries[i:j]
+        steps = np.fromiter((e[0] for e in block), np.int64, len(block))
+        times = np.fromiter((e[1] for e in block), np.float64, len(block))
+        vals = np.array([list(e[2].values()) for e in block], np.float64).reshape(
+            len(block), len(keys))  # (entries, keys)
+        for column, key in enumerate(keys):
+            columns.setdefault(key, []).append((steps, vals[:, column], times))
+        i = j
 
 
 def _merge_columns(first: Columns, second: Columns) -> Columns:
-    if not first:
-        return second
-    for key, (steps, vals, times) in second.items():
-        column = first.setdefault(key, ([], [], []))
-        column[0].extend(steps)
-        column[1].extend(vals)
-        column[2].extend(times)
+    for key, segments in second.items():
+        first.setdefault(key, []).extend(segments)
     return first
 
 
