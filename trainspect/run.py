@@ -186,11 +186,15 @@ class Run:
         if self._finished:
             self._reject("log", metrics, "the run has finished")
             return
+        if not isinstance(metrics, dict):
+            self._reject("log", metrics, f"expected a dict of metrics, got "
+                                         f"{type(metrics).__name__}")
+            return
         try:
             step = self._advance(step)
             now = time.time()
-            for value in metrics.values():
-                if type(value) is not float:
+            for key, value in metrics.items():
+                if type(value) is not float or type(key) is not str:
                     values = self._clean(metrics, step, now)
                     break
             else:
@@ -251,6 +255,27 @@ class Run:
         )
         self._writer.records.append(alert)
 
+    def emit(self, *records: Any) -> None:
+        """Hand finished records (Scalar, Matrix, SampleRow, Alert) to the store.
+
+        Alerts also go to the console. Safe from any thread; never raises.
+        """
+        for record in records:
+            try:
+                if isinstance(record, Alert):
+                    self._deliver(record)
+                else:
+                    self._writer.records.append(record)
+            except Exception as err:
+                self._internal_error("emit", err)
+
+    def add_observer(self, observer: Any) -> None:
+        """Let `observer(columns, records)` see every batch the writer commits (alert rules).
+
+        It runs on the writer thread; what it returns (alerts) is stored with the batch.
+        """
+        self._writer.observers.append(observer)
+
     # ---- probes ------------------------------------------------------------------------------
 
     def add_probe(self, probe: Probe) -> Probe:
@@ -261,7 +286,7 @@ class Run:
     def probe(self, name: str) -> Probe | None:
         return self._probes.get(name)
 
-    def _probe_failed(self, name: str, where: str, err: BaseException) -> None:
+    def probe_failed(self, name: str, where: str, err: BaseException) -> None:
         """Switch a failing probe off and say so once; training and other probes go on."""
         if name in self._disabled:
             return
@@ -289,7 +314,7 @@ class Run:
                 try:
                     probe.reset()
                 except Exception as err:
-                    self._probe_failed(probe.name, "reset", err)
+                    self.probe_failed(probe.name, "reset", err)
             if job is not None:
                 self._writer.jobs.append(job)
         except Exception as err:
@@ -299,7 +324,7 @@ class Run:
         try:
             tensors = list(probe.state())
         except Exception as err:
-            self._probe_failed(probe.name, "state", err)
+            self.probe_failed(probe.name, "state", err)
             return None
         step = self._step
 
@@ -307,7 +332,7 @@ class Run:
             try:
                 return probe.compute(arrays, step, time.time())
             except Exception as err:
-                self._probe_failed(probe.name, "compute", err)
+                self.probe_failed(probe.name, "compute", err)
                 return []
 
         return Part(tensors, consume)
