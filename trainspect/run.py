@@ -234,6 +234,78 @@ class Run:
             log.warning("trainspect: step %d: dropped %s=%.80r (%s); this warning is shown once "
                         "per key, rejected values are counted", self._step, key, value, why)
 
+    def observe(
+        self,
+        step: int,
+        logits: Any,
+        labels: Any = None,
+        *,
+        mask: Any = None,
+        stream: str = "text",
+        group: str | None = None,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        target_logits: Any = None,
+        ignore_index: int = -100,
+    ) -> None:
+        """Token statistics of one batch: what was predicted, how sure, how calibrated.
+
+        `logits` is [..., V] in any float dtype (never cast as a whole), `labels` the
+        matching [...] integers with `ignore_index` (-100) for unsupervised positions,
+        or `mask=` False for them. `group="pos"` / `"cb"` names the axis just before V
+        (draft positions, audio codebooks): metrics are then kept per position or
+        codebook too. `target_logits` (a teacher) adds agreement, KL and acceptance.
+        Logits and labels are compared as given: a causal LM passes them shifted.
+        Only device work is queued here; nothing is read back until the flush.
+        """
+        if self._finished:
+            self._reject("observe", stream, "the run has finished")
+            return
+        try:
+            step = self._advance(step)
+            from trainspect.probes.observe_args import observe_problem
+
+            problem = observe_problem(logits, labels, mask, target_logits, stream, group,
+                                      input_ids, attention_mask)
+            if problem is not None:
+                kind = "".join(c for c in problem if not c.isdigit())  # one alert per kind
+                self._input_alert(f"observe:{stream}:{kind}",
+                                  f"observe(stream={stream!r}): {problem}",
+                                  "Fix the arguments passed to run.observe; this batch was "
+                                  "skipped and training goes on.")
+                return
+            if "tokens" in self._disabled:
+                return
+            probe = self._probes.get("tokens")
+            if probe is None:
+                from trainspect.probes.tokens import TokenProbe
+
+                probe = self.add_probe(TokenProbe())
+            known = probe.streams.get(stream)
+            if known is not None and (known.group != group or known.vocab_size != logits.shape[
+                    -1] or (group and known.n_groups != logits.shape[-2])):
+                self._input_alert(
+                    f"observe:{stream}:layout",
+                    f"observe(stream={stream!r}): logits {tuple(logits.shape)} with group="
+                    f"{group!r} differ from the stream's first batch (group={known.group!r}, "
+                    f"{known.n_groups} groups, V={known.vocab_size})",
+                    "Use one stream name per head layout; this batch was skipped.")
+                return
+            probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
+        except TrainspectError as err:
+            self._reject("step", step, str(err))
+        except Exception as err:
+            self.probe_failed("tokens", "observe", err)
+
+    def _input_alert(self, key: str, message: str, action: str) -> None:
+        """One alert per kind of bad input, not one per step."""
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.rejected_values += 1
+        self._deliver(Alert(step=self._step, rule="bad_input", level="warning", message=message,
+                            action=action, wall_time=time.time()))
+
     def alert(self, text: str, level: str = "warning", action: str = "",
               step: int | None = None) -> None:
         """Raise an alert of your own: it goes to the console (logging) and the store."""
