@@ -1,0 +1,206 @@
+"""The fused token-statistics pass: one read of the logits gives every per-row statistic.
+
+For each supervised row of ``logits`` (N, V) this computes, in fp32 whatever the input
+float dtype: the first-index argmax (as ``torch.argmax``), the top-1 probability, the
+probability of the label, the cross-entropy, and the softmax entropy in nats; with a
+teacher's ``target_logits`` also the teacher's argmax, KL(teacher || student) and the
+expected speculative acceptance alpha = sum_v min(p_teacher, p_student).
+
+Two backends compute the same function:
+
+- ``"triton"`` (token_stats_triton.py): one fused kernel on CUDA that reads each row
+  once (twice with a teacher, see there) and allocates only the N-length outputs.
+- ``"torch"`` (token_stats_torch.py): chunked PyTorch with a bounded fp32 workspace;
+  it runs anywhere and is the reference the kernel is tested against.
+
+Rows whose label is ``ignore_index``, negative, ``>= V``, or whose ``mask`` is False are
+not valid: every output is 0 there and ``valid`` is False. Out-of-range labels are never
+used to index memory, so they cannot trip a device-side assert; the caller counts them.
+
+On CUDA nothing here synchronises with the host (no ``.item()``, no boolean indexing,
+no data-dependent shapes), so it is safe on the training hot path.
+
+This module must import nothing else of trainspect's (DESIGN.md, "Layers"); it raises
+the built-in ``ValueError``/``TypeError`` for bad arguments and lets callers wrap them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["BACKENDS", "RowStats", "resolve_backend", "row_stats", "triton_available"]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Per-row statistics: 1-D tensors of length N on ``logits.device``.
+
+    Rows that are not valid hold 0 in every field (``valid`` False, argmax 0).
+    """
+
+    valid: Tensor
+    """bool: the label is in [0, V), is not ``ignore_index``, and ``mask`` (if any) is True."""
+    argmax: Tensor
+    """int64: index of the largest logit; ties go to the first index, as ``torch.argmax``."""
+    conf: Tensor
+    """float32: top-1 probability, softmax(logits)[argmax]."""
+    label_prob: Tensor
+    """float32: softmax(logits)[label]; 0 when the label's logit is -inf."""
+    ce: Tensor
+    """float32: cross-entropy -log softmax(logits)[label]; +inf when the label's logit is -inf."""
+    entropy: Tensor
+    """float32: entropy of softmax(logits), in nats."""
+    teacher_argmax: Tensor | None = None
+    """int64: argmax of ``target_logits`` (first index on ties); None without a teacher."""
+    kl: Tensor | None = None
+    """float32: KL(teacher || student) = sum_v p_t (log p_t - log p_s), nats; None without."""
+    alpha: Tensor | None = None
+    """float32: sum_v min(p_teacher, p_student), expected acceptance; None without a teacher."""
+
+
+def triton_available() -> bool:
+    """True when the ``triton`` package can be imported (it is not imported here)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreting() -> bool:
+    """True when Triton's CPU interpreter is switched on (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``backend`` ("auto", "torch" or "triton") into the one that will run on ``device``.
+
+    "auto" picks Triton on CUDA when triton imports, else torch. "triton" on a CPU tensor
+    is accepted only under Triton's interpreter (TRITON_INTERPRET=1), which tests use.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"expected `backend` to be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError(
+                "backend='triton' needs the `triton` package, which is not installed "
+                "(pip install triton), or use backend='torch'"
+            )
+        if device.type != "cuda" and not _triton_interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), "
+                f"got logits on {device}"
+            )
+    return backend
+
+
+def _check_inputs(
+    logits: Tensor,
+    labels: Tensor,
+    target_logits: Tensor | None,
+    mask: Tensor | None,
+    max_workspace_bytes: int | None,
+) -> None:
+    """Raise a clear ValueError/TypeError naming the argument that is off."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"expected `logits` to be a 2-D tensor (N, V), got {got}")
+    if not logits.is_floating_point():
+        raise TypeError(f"expected `logits` to be a float tensor, got dtype {logits.dtype}")
+    n, v = logits.shape
+    if v == 0:
+        raise ValueError("expected `logits` to have a vocabulary of at least 1, got V=0")
+    if not isinstance(labels, Tensor) or tuple(labels.shape) != (n,):
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"expected `labels` of shape ({n},) to match logits "
+                         f"{tuple(logits.shape)}, got {got}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"expected `labels` to be an integer tensor, got dtype {labels.dtype}")
+    if labels.device != logits.device:
+        raise ValueError(f"expected `labels` on {logits.device} like logits, got {labels.device}")
+    if target_logits is not None:
+        if not isinstance(target_logits, Tensor) or target_logits.shape != logits.shape:
+            got = (tuple(target_logits.shape) if isinstance(target_logits, Tensor)
+                   else type(target_logits).__name__)
+            raise ValueError(f"expected `target_logits` of shape {tuple(logits.shape)} like "
+                             f"logits, got {got}")
+        if not target_logits.is_floating_point():
+            raise TypeError(f"expected `target_logits` to be a float tensor, "
+                            f"got dtype {target_logits.dtype}")
+        if target_logits.device != logits.device:
+            raise ValueError(f"expected `target_logits` on {logits.device} like logits, "
+                             f"got {target_logits.device}")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != (n,):
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"expected `mask` of shape ({n},), got {got}")
+        if mask.device != logits.device:
+            raise ValueError(f"expected `mask` on {logits.device} like logits, got {mask.device}")
+    if max_workspace_bytes is not None and (
+        not isinstance(max_workspace_bytes, int) or max_workspace_bytes <= 0
+    ):
+        raise ValueError(f"expected `max_workspace_bytes` to be a positive int or None, "
+                         f"got {max_workspace_bytes!r}")
+
+
+def valid_rows(
+    labels: Tensor, vocab_size: int, ignore_index: int, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Which rows are supervised, and labels that are safe to index with.
+
+    Returns ``valid`` (N,) bool and ``safe_labels`` (N,) int64, equal to the label where
+    valid and -1 elsewhere. Elementwise only: no host synchronisation on CUDA.
+    """
+    labels = labels.to(torch.int64)  # (N,) int32/uint8/... -> int64; no copy when int64
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < vocab_size)
+    if mask is not None:
+        valid &= mask.to(torch.bool)
+    safe_labels = torch.where(valid, labels, torch.full_like(labels, -1))
+    return valid, safe_labels
+
+
+def row_stats(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    target_logits: Tensor | None = None,
+    mask: Tensor | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+    max_workspace_bytes: int | None = None,
+) -> RowStats:
+    """Per-row token statistics of ``logits`` (N, V) against ``labels`` (N,), in one pass.
+
+    Args:
+        logits: (N, V) float logits (bf16, fp16, fp32 or fp64); read in place, never
+            cast as a whole: the maths is fp32 in registers (Triton) or per chunk (torch).
+        labels: (N,) integer labels; ``ignore_index``, negative and >= V mean "not valid".
+        target_logits: optional (N, V) teacher logits; adds teacher_argmax, kl, alpha.
+        mask: optional (N,) bool; False rows are not valid, as if their label were ignored.
+        ignore_index: label value of unsupervised rows (-100, as PyTorch and HF use).
+        backend: "auto" (Triton on CUDA when available, else torch), "torch" or "triton".
+        max_workspace_bytes: fp32 workspace bound of the torch backend (default 64 MiB);
+            the Triton backend needs none.
+
+    Returns:
+        RowStats of 1-D tensors of length N on ``logits.device``.
+    """
+    _check_inputs(logits, labels, target_logits, mask, max_workspace_bytes)
+    chosen = resolve_backend(backend, logits.device)
+    valid, safe_labels = valid_rows(labels, logits.shape[1], ignore_index, mask)
+    # Backends import this module (for RowStats), so they are imported here, not at the top.
+    if chosen == "triton":
+        from .token_stats_triton import row_stats_triton
+
+        return row_stats_triton(logits, safe_labels, valid, target_logits=target_logits)
+    from .token_stats_torch import row_stats_torch
+
+    return row_stats_torch(
+        logits, safe_labels, valid, target_logits=target_logits,
+        max_workspace_bytes=max_workspace_bytes,
+    )
