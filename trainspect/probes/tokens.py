@@ -25,8 +25,7 @@ CONFIDENT = 0.5  # "confidently wrong": wrong with top-1 probability above this
 # Per-group sums, one column each (float64: exact counts up to 2**53 tokens).
 SUMS = (
     "tokens",  # supervised tokens
-    "ce", "entropy", "conf", "correct", "label_prob",
-    "confident_wrong",
+    "correct", "confident_wrong", "ce", "entropy", "conf", "label_prob",
     "teacher_agree", "kl", "alpha",  # with target_logits
     "chain_correct",  # tokens whose positions 0..g are all correct (groups = draft positions)
     "chain_base",  # tokens whose positions 0..g-1 are all correct and g is supervised
@@ -67,16 +66,23 @@ class TokenProbe:
     def update(self, stream: str, group: str | None, logits: Any, labels: Any, mask: Any,
                target_logits: Any, ignore_index: int = -100) -> None:
         """Add one batch. Shapes are checked by the caller; (..., G, V) when grouped."""
-        import torch
 
         from trainspect.kernels.token_stats import row_stats
 
         vocab = logits.shape[-1]
         n_groups = logits.shape[-2] if group else 1
         state = self._state(stream, group, n_groups, vocab, logits.device)
-        blocks = _row_blocks(logits, target_logits)  # (n_i, V) views, no copy of the logits
-        label_rows = labels.reshape(-1)
-        mask_rows = None if mask is None else mask.reshape(-1)
+        padded = _padded_rows(logits, target_logits, n_groups)
+        if padded is not None:  # e.g. logits[:, :-1]: one 2-D view with gap rows, ignored
+            rows, teacher, row_strides = padded
+            blocks = [(rows, teacher)]
+            label_rows = _pad_like(labels, row_strides, rows.shape[0], ignore_index)
+            mask_rows = None if mask is None else _pad_like(mask, row_strides, rows.shape[0],
+                                                            False)
+        else:
+            blocks = _row_blocks(logits, target_logits)  # (n_i, V) views, no copy
+            label_rows = labels.reshape(-1)
+            mask_rows = None if mask is None else mask.reshape(-1)
         parts, start = [], 0
         for block, teacher_block in blocks:
             stop = start + block.shape[0]
@@ -88,44 +94,56 @@ class TokenProbe:
             start = stop
         stats = parts[0] if len(parts) == 1 else _cat(parts)
 
-        valid = stats.valid.to(torch.float64)  # (N,)
-        correct = (stats.argmax == label_rows.to(torch.int64)).to(torch.float64) * valid
-        conf = stats.conf.to(torch.float64) * valid
-        columns = [valid, stats.ce.to(torch.float64) * valid, stats.entropy.to(torch.float64)
-                   * valid, conf, correct, stats.label_prob.to(torch.float64) * valid,
-                   (conf > CONFIDENT).to(torch.float64) * (valid - correct)]
-        zero = torch.zeros_like(valid)
-        if target_logits is not None:
-            agree = (stats.argmax == stats.teacher_argmax).to(torch.float64) * valid
-            columns += [agree, stats.kl.to(torch.float64) * valid,
-                        stats.alpha.to(torch.float64) * valid]
-        else:
-            columns += [zero, zero, zero]
-        per_token = torch.stack(columns, dim=1).view(-1, n_groups, len(columns))  # (M, G, K)
-        chain_correct = torch.cumprod(correct.view(-1, n_groups), dim=1)  # (M, G)
-        chain_prev = torch.cat([torch.ones_like(chain_correct[:, :1]), chain_correct[:, :-1]],
-                               dim=1)
-        chain_base = chain_prev * valid.view(-1, n_groups)
-        state.sums[:, :len(columns)] += per_token.sum(dim=0)
-        state.sums[:, COL["chain_correct"]] += chain_correct.sum(dim=0)
-        state.sums[:, COL["chain_base"]] += chain_base.sum(dim=0)
+        self._accumulate(state, stats, label_rows, mask_rows, n_groups, ignore_index)
 
-        bins = torch.clamp((stats.conf.to(torch.float64) * N_BINS).to(torch.int64), 0,
-                           N_BINS - 1)  # (N,): 1.0 goes in the last bin
-        group_of_row = torch.arange(valid.numel(), device=valid.device) % n_groups
-        cells = group_of_row * N_BINS + bins
-        state.calibration.view(-1, 3).index_add_(0, cells, torch.stack([valid, conf, correct],
-                                                                        dim=1))
-        raw = label_rows.to(torch.int64)
-        bad = (raw != ignore_index) & ((raw < 0) | (raw >= vocab))
-        if mask_rows is not None:
-            bad &= mask_rows.to(torch.bool)
-        tokens = valid.sum()
-        state.counters += torch.stack([
-            torch.ones_like(tokens), (tokens == 0).to(torch.float64),
-            bad.sum().to(torch.float64),
-            torch.ones_like(tokens) if target_logits is not None else torch.zeros_like(tokens),
-        ])
+    @staticmethod
+    def _accumulate(state: StreamState, stats: Any, labels: Any, mask: Any, n_groups: int,
+                    ignore_index: int) -> None:
+        """Fold per-row results into the sums: about twenty small kernels, no sync.
+
+        The kernel already writes 0 to every output of a row that is not valid, so
+        sums of ce, entropy, conf and label_prob need no masking here.
+        """
+        import torch
+
+        valid = stats.valid
+        correct = (stats.argmax == labels) & valid  # (N,) bool
+        flags = torch.stack([valid, correct, (stats.conf > CONFIDENT) & valid & ~correct], 1)
+        columns = [flags.to(torch.float32), stats.ce[:, None], stats.entropy[:, None],
+                   stats.conf[:, None], stats.label_prob[:, None]]
+        if stats.kl is not None:
+            agree = (stats.argmax == stats.teacher_argmax) & valid
+            columns += [agree[:, None].to(torch.float32), stats.kl[:, None],
+                        stats.alpha[:, None]]
+        per_row = torch.cat(columns, dim=1).to(torch.float64)  # (N, K): the first K of SUMS
+        sums = per_row.view(-1, n_groups, per_row.shape[1]).sum(dim=0)  # (G, K)
+        state.sums[:, :sums.shape[1]] += sums
+        if n_groups > 1:  # chains over positions: token t's positions are consecutive rows
+            hits = per_row[:, 1].view(-1, n_groups)  # (M, G) correct
+            chain = torch.cumprod(hits, dim=1)
+            base = torch.cat([torch.ones_like(chain[:, :1]), chain[:, :-1]], dim=1)
+            state.sums[:, COL["chain_correct"]] += chain.sum(dim=0)
+            state.sums[:, COL["chain_base"]] += (base * per_row[:, 0].view(-1, n_groups)).sum(0)
+        else:
+            state.sums[:, COL["chain_correct"]] += sums[:, 1]
+            state.sums[:, COL["chain_base"]] += sums[:, 0]
+
+        bins = (stats.conf * N_BINS).to(torch.int64).clamp_(0, N_BINS - 1)  # 1.0: last bin
+        if n_groups > 1:
+            bins += (torch.arange(bins.numel(), device=bins.device) % n_groups) * N_BINS
+        cells = torch.stack([per_row[:, COL["tokens"]], per_row[:, COL["conf"]],
+                             per_row[:, COL["correct"]]], dim=1)  # (N, 3)
+        state.calibration.view(-1, 3).index_add_(0, bins, cells)
+
+        raw = labels.to(torch.int64)
+        bad = (raw != ignore_index) & ~valid  # supervised-looking label the kernel refused
+        if mask is not None:
+            bad &= mask.to(torch.bool)
+        tokens = sums[:, 0].sum()
+        one = torch.ones_like(tokens)
+        state.counters += torch.stack([one, (tokens == 0).to(torch.float64),
+                                       bad.sum().to(torch.float64),
+                                       one if stats.kl is not None else one * 0])
 
     def _state(self, stream: str, group: str | None, n_groups: int, vocab: int,
                device: Any) -> StreamState:
@@ -268,6 +286,49 @@ def acceptance(sums: np.ndarray) -> dict[str, float]:
         "accept_len": float(np.cumprod(acc).sum()),
         "accept_len_tokens": float(sums[:, COL["chain_correct"]].sum() / tokens[0]),
     }
+
+
+def _padded_rows(logits: Any, target: Any, n_groups: int) -> tuple[Any, Any, list[int]] | None:
+    """A 2-D (rows, V) view over a sliced tensor, with the rows the slice skipped left in.
+
+    `logits[:, :-1]` of a contiguous (B, T, V) tensor has no 2-D view, but its rows sit
+    at a constant stride in memory: viewed as (B*T - 1, V), it is the sliced tensor plus
+    one skipped row per sequence. Those gap rows get the ignore label and cost the
+    kernel next to nothing, and the pass stays one launch over all rows. Returns the
+    view, the teacher's matching view, and each leading axis's stride in rows; None
+    when the layout does not allow it (then the caller splits along the first axis).
+    """
+    if logits.dim() < 3 or logits.stride(-1) != 1:
+        return None
+    row = logits.stride(-2)
+    strides = [st // row for st in logits.stride()[:-1]]
+    if row < logits.shape[-1] or any(st % row for st in logits.stride()[:-1]):
+        return None
+    for outer, inner, extent in zip(strides, strides[1:], logits.shape[1:-1]):
+        if inner == 0 or outer % inner or outer // inner < extent:
+            return None
+    if n_groups > 1 and logits.dim() >= 4 and strides[-2] != n_groups:
+        return None  # the group axis itself is sliced: row % G would not be the group
+    if target is not None and (target.stride() != logits.stride()):
+        return None
+    n_rows = 1 + sum((d - 1) * st for d, st in zip(logits.shape[:-1], strides))
+    if n_groups > 1 and n_rows % n_groups:
+        return None
+
+    def view(x: Any) -> Any:
+        return x.as_strided((n_rows, x.shape[-1]), (row, 1), x.storage_offset())
+
+    return view(logits), None if target is None else view(target), strides
+
+
+def _pad_like(values: Any, row_strides: list[int], n_rows: int, fill: Any) -> Any:
+    """`values` (the leading shape of the logits) laid out at the padded view's rows."""
+    import torch
+
+    size = values.shape[0] * row_strides[0]
+    padded = torch.full((size,), fill, dtype=values.dtype, device=values.device)
+    padded.as_strided(tuple(values.shape), tuple(row_strides)).copy_(values)
+    return padded[:n_rows]
 
 
 def _row_blocks(logits: Any, target: Any) -> list[tuple[Any, Any]]:
