@@ -68,6 +68,7 @@ class Run:
         num_samples: int = 5,
         resume: str | None = None,
         verbose: bool = False,
+        sample_positions: tuple[int, int] = (8, 8),
     ) -> None:
         check_name(project, "project")
         for argument, value in (("log_every", log_every), ("samples_every", samples_every),
@@ -95,6 +96,12 @@ class Run:
         self._disabled: set[str] = set()
         self._pending_tensors: list[tuple[int, float, str, Any]] = []
         self._flusher = Flusher()
+        from trainspect.probes.samples import SampleTaker
+
+        self._samples = SampleTaker(tokenizer, num_samples, samples_every,
+                                    head=sample_positions[0], tail=sample_positions[1])
+        if verbose:
+            _console_for_verbose()
         self._step = 0
         self._steps_given = False
         self._auto_step = 0
@@ -247,6 +254,7 @@ class Run:
         attention_mask: Any = None,
         target_logits: Any = None,
         ignore_index: int = -100,
+        token_names: dict[int, str] | None = None,
     ) -> None:
         """Token statistics of one batch: what was predicted, how sure, how calibrated.
 
@@ -256,6 +264,9 @@ class Run:
         (draft positions, audio codebooks): metrics are then kept per position or
         codebook too. `target_logits` (a teacher) adds agreement, KL and acceptance.
         Logits and labels are compared as given: a causal LM passes them shifted.
+        Every `samples_every` steps the first `num_samples` sequences are also kept
+        token by token (see `run.samples`); `input_ids` give them their context and
+        a stable id, `token_names` names special ids ({1025: "<eos>"}) of the stream.
         Only device work is queued here; nothing is read back until the flush.
         """
         if self._finished:
@@ -292,10 +303,33 @@ class Run:
                     "Use one stream name per head layout; this batch was skipped.")
                 return
             probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
+            if self._samples.due(stream, step):
+                self._take_samples(step, stream, group, logits, labels, mask, input_ids,
+                                   attention_mask, token_names, ignore_index)
         except TrainspectError as err:
             self._reject("step", step, str(err))
         except Exception as err:
             self.probe_failed("tokens", "observe", err)
+
+    def _take_samples(self, step: int, stream: str, group: str | None, logits: Any,
+                      labels: Any, mask: Any, input_ids: Any, attention_mask: Any,
+                      token_names: dict | None, ignore_index: int) -> None:
+        """Queue the sample rows' device work and their copy; the writer builds the rows."""
+        try:
+            tensors, build = self._samples.take(
+                step, stream, group, logits, labels, mask, input_ids, attention_mask,
+                token_names, ignore_index, on_rows=self._print_samples if self.verbose else None)
+            job = self._flusher.start([Part(tensors, build, reduce=False)])
+            if job is not None:
+                self._writer.jobs.append(job)
+        except Exception as err:
+            self.probe_failed("samples", "observe", err)
+
+    @staticmethod
+    def _print_samples(rows: list) -> None:
+        from trainspect.samples_view import format_samples
+
+        logging.getLogger("trainspect.samples").info("\n%s", format_samples(rows))
 
     def _input_alert(self, key: str, message: str, action: str) -> None:
         """One alert per kind of bad input, not one per step."""
@@ -473,6 +507,18 @@ class Run:
             log.warning("trainspect: internal error in %s (%s: %s); training goes on, "
                         "further errors here are counted", where, type(err).__name__, err,
                         exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+def _console_for_verbose() -> None:
+    """verbose=True asks for output on the console: give trainspect's logger a stderr
+    handler at INFO unless the application already configured one."""
+    logger = logging.getLogger("trainspect")
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
 
 
 def _is_tensor(value: Any) -> bool:

@@ -12,19 +12,20 @@ pytestmark = pytest.mark.gpu
 
 
 def test_observe_and_log_are_sync_free_across_flush_windows(runs):
-    run = ts.init(project="p", log_every=4)
+    run = ts.init(project="p", log_every=4, samples_every=5, num_samples=2)
     g = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(4, 64, 3, 5000, device="cuda", generator=g, dtype=torch.bfloat16)
     labels = torch.randint(0, 5000, (4, 64, 3), device="cuda", generator=g)
     text = torch.randn(4, 65, 32000, device="cuda", generator=g, dtype=torch.bfloat16)
     text_labels = torch.randint(-1, 32000, (4, 65), device="cuda", generator=g)
     text_labels[text_labels < 0] = -100
+    input_ids = torch.randint(0, 32000, (4, 65), device="cuda", generator=g)
     loss = torch.tensor(1.5, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(1, 14):  # three window flushes happen inside these calls
-            run.observe(step, text[:, :-1], text_labels[:, 1:])
+            run.observe(step, text[:, :-1], text_labels[:, 1:], input_ids=input_ids)
             run.observe(step, logits, labels, stream="draft", group="pos",
                         target_logits=logits.flip(-1))
             run.log({"loss": loss * step}, step=step)
@@ -36,6 +37,11 @@ def test_observe_and_log_are_sync_free_across_flush_windows(runs):
     assert view.series("loss") == [(s, 1.5 * s) for s in range(1, 14)]
     assert [s for s, _ in view.series("draft/accept_len")] == [4, 8, 12, 13]
     assert view.alerts() == []
+    assert view.sample_steps() == [5, 10]
+    rows = view.samples(step=10)
+    assert {(r["stream"], r["group"]) for r in rows} == {("text", 0), ("draft", 0), ("draft", 1),
+                                                         ("draft", 2)}
+    assert all(len(r["positions"]) == 16 for r in rows if r["stream"] == "text")
 
 
 def test_peak_extra_memory_is_under_two_percent_of_the_logits(runs):

@@ -52,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_samples(view) -> None:
+    from trainspect.samples_view import format_samples
+
     steps = view.sample_steps()
     if not steps:
         print("\nno samples yet")
         return
-    print(f"\nsamples at step {steps[-1]}")
-    for row in view.samples(step=steps[-1]):
-        print(f"  [{row['stream']} {row['group']}] {row['sample_id']}: {row['context'][:120]!r}")
-        for pos in row["positions"][:20]:
-            mark = "ok " if pos.get("match") else "XX "
-            print(f"    {mark}predicted {pos.get('pred')!r:>16} ({number(pos.get('pred_prob'))})"
-                  f"  label {pos.get('label')!r:>16} ({number(pos.get('label_prob'))})")
+    rows = view.samples(step=steps[-1])
+    for stream in sorted({r["stream"] for r in rows}):
+        print()
+        print(format_samples([r for r in rows if r["stream"] == stream]))
