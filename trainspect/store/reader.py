@@ -244,6 +244,11 @@ class RunView:
             "matrices": [{"name": n, "step": s} for _, n, s in matrix_rows],
         }
 
+    def cursor(self) -> int:
+        """The newest seq in the file: `rows_after(cursor())` returns only what comes next."""
+        with self._query() as conn:
+            return schema.max_seq(conn)
+
     # ---- samples, matrices, alerts -----------------------------------------------------
 
     def samples(self, step: int | None = None, stream: str | None = None) -> list[dict]:

@@ -1,0 +1,75 @@
+"""Screenshots of the dashboard's main views into docs/screenshots/*.png.
+
+Makes two demo-like synthetic runs (through ts.init / log / emit), serves them on a
+free loopback port, and photographs the page with Debian's Chromium via Playwright:
+
+    python tools/screenshots.py [--out docs/screenshots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.dashboard.synthetic import make_run  # noqa: E402
+from trainspect.dashboard.server import start  # noqa: E402
+
+# (file name, panel to photograph or None for the top of the page, parameters to set)
+SHOTS = [
+    ("overview", None, None),
+    ("tokens", "tokens", {"stream": "draft"}),
+    ("fixed_eval", "fixed_eval", None),
+    ("patterns", "patterns", None),
+    ("calibration", "calibration", None),
+    ("predictions", "predictions", {"step": 300}),
+    ("losses", "losses", None),
+    ("lora", "lora", None),
+    ("gradients", "gradients", None),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = make_run(tmp, name="qwen-lora-r16", steps=600)
+        other = make_run(tmp, name="qwen-lora-r8", steps=600, seed=3, rate=0.6)
+        server = start(tmp, port=0)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1400, "height": 950})
+                page.goto(f"{server.url}#run={ref}")
+                page.wait_for_selector("#panel-lora .heatmap canvas", timeout=20_000)
+                time.sleep(0.5)
+                for name, panel, params in SHOTS:
+                    if params:
+                        page.evaluate(f"TS.app.card({panel!r}).setParams({params!r})")
+                        time.sleep(0.8)
+                    target = page if panel is None else page.locator(f"#panel-{panel}")
+                    target.screenshot(path=str(out / f"{name}.png"))
+                page.goto(f"{server.url}#run={ref}&compare={other}")
+                page.wait_for_selector("#compare-list .chip", timeout=20_000)
+                time.sleep(1.0)
+                page.locator("#panel-loss").screenshot(path=str(out / "compare.png"))
+                browser.close()
+        finally:
+            server.stop()
+    print(f"wrote {len(SHOTS) + 1} screenshots to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
