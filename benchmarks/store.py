@@ -154,11 +154,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="log calls per tracker")
     parser.add_argument("--big", type=int, default=1_000_000, help="points for downsampling")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--trackers", default="trainspect,trackio,mlflow",
+                        help="comma-separated subset to run")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # trackers' chatter stays out of the table
 
     results, skipped = {}, {}
-    for tracker in (Trainspect(), Trackio(), MLflow()):
+    wanted = args.trackers.split(",")
+    for tracker in (t for t in (Trainspect(), Trackio(), MLflow()) if t.name in wanted):
         root = Path(tempfile.mkdtemp(prefix=f"bench-{tracker.name}-"))
         try:
             results[tracker.name] = tracker.run(root, args.steps)

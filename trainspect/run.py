@@ -69,6 +69,9 @@ class Run:
         resume: str | None = None,
         verbose: bool = False,
         sample_positions: tuple[int, int] = (8, 8),
+        alerts: bool = True,
+        alert_rules: Any = None,
+        webhook: str | None = None,
     ) -> None:
         check_name(project, "project")
         for argument, value in (("log_every", log_every), ("samples_every", samples_every),
@@ -120,11 +123,20 @@ class Run:
             self.id = new_run_id(now)
             self.path = run_path(self.root, project, self.id)
         self.name = name or self.id
+        from trainspect.alerts import engine_for_run
+
+        # The alert rules (`run.alerts.add(rule)` adds more). Bad arguments raise here,
+        # before the run's file is created.
+        self.alerts = engine_for_run(alerts=alerts, alert_rules=alert_rules, webhook=webhook,
+                                     config=self.config,
+                                     run={"id": self.id, "project": project, "name": self.name})
         self._writer = self._open_writer(attempt)
+        self.add_observer(self.alerts.observe)
         self._writer.set_meta(
             id=self.id, project=project, name=self.name, config=self.config,
             status="running", started_at=started_at, attempt=attempt,
             attempt_started_at=now, ended_at=None, log_every=log_every,
+            alert_rules=[rule.id for rule in self.alerts.rules],
             **describe_process(),
         )
         lifecycle.register(self)
@@ -482,6 +494,7 @@ class Run:
                                   internal_errors=dict(self.errors), **meta)
             self._finished = True
             self._writer.close()
+            self.alerts.close(timeout=2.0)  # give the webhook the last alerts
         except Exception as err:
             self._internal_error("finish", err)
         finally:

@@ -29,7 +29,7 @@ def make_run(root: Path | str, project: str = "demo", name: str = "lora-demo",
     `project/run_id`."""
     rng = random.Random(seed)
     evil = HOSTILE if hostile else ""
-    run = ts.init(project=project, name=name + evil, dir=root,
+    run = ts.init(project=project, name=name + evil, dir=root, alerts=False,
                   config={"lr": 2e-4, "rank": 16, "note": "synthetic" + evil})
     for step in range(every, steps + 1, every):
         t = rate * step / steps

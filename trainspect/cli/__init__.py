@@ -7,17 +7,17 @@ import sys
 
 from trainspect.errors import TrainspectError
 
-COMMANDS = ("ls", "show", "export", "demo", "ui", "report")
+COMMANDS = ("ls", "show", "doctor", "export", "demo", "ui", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainspect.cli import demo, export, ls, report, show, ui
+    from trainspect.cli import demo, doctor, export, ls, report, show, ui
 
     parser = argparse.ArgumentParser(
         prog="trainspect", description="See what a model is really learning while it trains."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, ls, show, export, ui, report):
+    for module in (demo, ls, show, doctor, export, ui, report):
         module.add_parser(sub)
     return parser
 

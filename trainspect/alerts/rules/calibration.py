@@ -1,0 +1,120 @@
+"""Confidence that stops matching correctness: calibration drift, confidently wrong."""
+
+from __future__ import annotations
+
+import math
+
+from trainspect.alerts.rule import CheckResult, Context, Finding, Rule
+from trainspect.alerts.rules.common import median, stream_of
+from trainspect.alerts.stats import num, pct, trend
+
+
+class CalibrationDrift(Rule):
+    """Expected calibration error rises more than 20% above its best.
+
+    Subjects `eval/ece` and every `<stream>/ece` (e.g. `text/ece`). The value
+    compared is the latest eval for `eval/ece`, and the median of the last 5 points
+    for a stream (a flush window is noisy). The best is the lowest such value after
+    a burn-in (the first 2 evals, the first 20 stream points): a model that barely
+    predicts anything is trivially calibrated, so early ECE is not a fair baseline.
+    Fires when the value is > 1.2x the best AND >= 0.01 above it (tiny ECEs wobble);
+    clears when it is back under 1.1x the best. Warning. `eval/ece` stays quiet while
+    the fixed eval's own `eval_calibration_drift` alert is out.
+    """
+
+    id = "calibration_drift"
+    keys = ("eval/ece", "*/ece")
+    history = 32
+    covered_by = {"eval/ece": ("eval_calibration_drift",)}
+    clear_after = 2
+    rise = 1.2  # fire above this multiple of the best
+    clear_rise = 1.1  # clear below this multiple
+    min_abs_rise = 0.01  # ECE units
+    burn_in = {"eval": 2, "stream": 20}
+    smooth = {"eval": 1, "stream": 5}
+    action = ("The model is growing overconfident: finish with a lower learning rate "
+              "(0.5x), or average weights (EMA/SWA), or add label smoothing; prefer a "
+              "checkpoint near the best ECE if calibration matters downstream.")
+
+    def __init__(self) -> None:
+        self._best: dict[str, tuple[float, int]] = {}  # key -> (best smoothed ECE, its step)
+
+    def check(self, ctx: Context) -> CheckResult:
+        out: dict[str, Finding | None] = {}
+        for key in ctx.new:
+            kind = "eval" if key == "eval/ece" else ("stream" if stream_of(key, "ece") else None)
+            if kind is None:
+                continue
+            h = ctx.history(key)
+            if h is None or not math.isfinite(ctx.new[key]):
+                continue
+            value = median(h.values(self.smooth[kind]))
+            if h.count <= self.burn_in[kind] or not math.isfinite(value):
+                out[key] = None
+                continue
+            best = self._best.get(key)
+            if best is None or value < best[0]:
+                self._best[key] = best = (value, ctx.step)
+            limit = self.clear_rise if ctx.active(key) else self.rise
+            drifted = value > best[0] * limit and value - best[0] >= self.min_abs_rise / (
+                2 if ctx.active(key) else 1)
+            out[key] = Finding(
+                f"{key} is {num(value)} at step {ctx.step}, "
+                f"{pct(value / best[0] - 1) if best[0] > 0 else 'far'} above its best "
+                f"{num(best[0])} at step {best[1]}", subject=key) if drifted else None
+        return out
+
+
+class ConfidentlyWrong(Rule):
+    """The model grows more confident in its wrong predictions (`<stream>/conf_gap`).
+
+    conf_gap = target_conf - conf is <= 0 (the label can get at most the top
+    probability). Per stream: fires when the median of the last 5 points is < -0.1,
+    the slope test (stats.trend: t >= 2 and >= 1% change) over the last 20 points
+    says "falling" (the gap widens), and `<stream>/acc`, when logged, is not rising
+    over the same points (a model that learns fast is briefly confident before it is
+    right, with accuracy rising). Needs 10 points. Clears when the median is back
+    above -0.05 or the gap trend turns rising. Warning.
+    """
+
+    id = "confidently_wrong"
+    keys = ("*/conf_gap", "*/acc")
+    triggers = ("*/conf_gap",)
+    history = 32
+    window = 20
+    min_points = 10
+    fire_gap = -0.1
+    clear_gap = -0.05
+    action = ("The model puts more probability on its wrong predictions than on the "
+              "labels, and increasingly so: check that labels are aligned with the logits "
+              "(shifted by one for a causal LM), the chat template and the label masking, "
+              "and for label noise; lower the learning rate.")
+
+    def check(self, ctx: Context) -> CheckResult:
+        out: dict[str, Finding | None] = {}
+        for key in ctx.new:
+            stream = stream_of(key, "conf_gap")
+            if stream is None:
+                continue
+            steps, gaps = ctx.tail(key, self.window)
+            if gaps.size < self.min_points:
+                out[stream] = None
+                continue
+            now = median(gaps[-5:])
+            gap_trend = trend(steps, gaps)
+            acc_key = f"{stream}/acc"
+            if ctx.active(stream):
+                bad = now < self.clear_gap and gap_trend.direction != "rising"
+            else:
+                bad = now < self.fire_gap and gap_trend.direction == "falling"
+                if bad and ctx.has(acc_key):
+                    acc_steps, acc = ctx.tail(acc_key, self.window)
+                    bad = trend(acc_steps, acc).direction != "rising"
+            acc = (f" while {acc_key} is not rising (latest {num(ctx.last(acc_key))})"
+                   if ctx.has(acc_key) else "")
+            out[stream] = Finding(
+                f"{key} is {num(now)} at step {ctx.step} and widening "
+                f"({num(gap_trend.change)} over steps {gap_trend.first_step}-"
+                f"{gap_trend.last_step}){acc}", subject=stream,
+            ) if bad else None
+        return out

@@ -1,0 +1,178 @@
+"""Training blowing up: non-finite loss or gradients, loss spikes, gradient explosions."""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+
+import numpy as np
+
+from trainspect.alerts.rule import HOLD, CheckResult, Context, Finding, Rule
+from trainspect.alerts.rules.common import LOSS_KEYS, main_loss
+from trainspect.alerts.stats import num, robust_z
+
+
+class NonFinite(Rule):
+    """Loss or gradient norm is NaN or inf; names the first module that went non-finite.
+
+    Subjects: `loss` (any of `loss`, `loss/total`, `train/loss`) and `grad/norm` fire
+    (critical) at the first non-finite value. `hidden` fires when a
+    `hidden/<module>/nonfinite` counter is > 0 (critical if the loss or gradient is
+    non-finite too, else warning) and names the first module: the one whose counter
+    became > 0 at the earliest step (ties in the order modules were first logged), or
+    the module an alert from the hidden-state probe names. Each clears after 3
+    checks with finite values (zero counters). The gradient and hidden subjects
+    stay quiet while the gradient / hidden-state probes' own alerts (grads.nonfinite,
+    hidden.nonfinite) are out; the loss alert quotes the hidden-state probe.
+    """
+
+    id = "nonfinite"
+    level = "critical"
+    keys = (*LOSS_KEYS, "grad/norm", "hidden/*/nonfinite")
+    history = 8
+    covered_by = {"grad/norm": ("grads.nonfinite",), "hidden": ("hidden.nonfinite",)}
+    action = ("Stop and restart from the last good checkpoint with the learning rate cut "
+              "10x and gradient clipping on (max_norm=1.0); check the batch at this step. "
+              "If a module is named, inspect it first: fp16 overflow there (switch to "
+              "bf16), a division or log of 0, or a norm layer on empty input.")
+
+    def __init__(self) -> None:
+        self._first_bad: dict[str, int] = {}  # module -> first step its counter was > 0
+
+    def check(self, ctx: Context) -> CheckResult:
+        out: dict[str, Finding | None] = {}
+        loss_keys = [k for k in LOSS_KEYS if k in ctx.new]
+        if loss_keys:
+            bad = [k for k in loss_keys if not math.isfinite(ctx.new[k])]
+            out["loss"] = self._finding(ctx, bad[0], "loss") if bad else None
+        if "grad/norm" in ctx.new:
+            ok = math.isfinite(ctx.new["grad/norm"])
+            out["grad/norm"] = None if ok else self._finding(ctx, "grad/norm", "grad/norm")
+        hidden = [k for k in ctx.new if k.startswith("hidden/") and k.endswith("/nonfinite")]
+        if hidden:
+            if all(ctx.new[k] == 0 for k in hidden):
+                self._first_bad.clear()  # all clean again: a later episode starts afresh
+            for key in hidden:
+                value = ctx.new[key]
+                if not math.isfinite(value) or value > 0:
+                    self._first_bad.setdefault(key[len("hidden/"):-len("/nonfinite")], ctx.step)
+            counts = {k: ctx.new[k] for k in hidden}
+            out["hidden"] = (self._hidden_finding(ctx, counts)
+                             if any(not (v <= 0) for v in counts.values()) else None)
+        return out or HOLD
+
+    def where(self, ctx: Context) -> str:
+        """'; first non-finite module: X' from the counters, plus what the probe said."""
+        parts = []
+        if self._first_bad:
+            first = min(self._first_bad, key=lambda m: self._first_bad[m])  # stable: first logged
+            parts.append(f"first non-finite module: {first}")
+        probe = ctx.alerts(rule="hidden.")
+        if probe:
+            parts.append(f"hidden-state probe: {probe[0].message}")
+        return "".join(f"; {p}" for p in parts)
+
+    def _finding(self, ctx: Context, key: str, subject: str) -> Finding:
+        steps, values = ctx.tail(key)
+        good = np.flatnonzero(np.isfinite(values))
+        before = (f" (last finite value {num(values[good[-1]])} at step {steps[good[-1]]})"
+                  if good.size else " (no finite value yet)")
+        return Finding(f"{key} is {num(ctx.new[key])} at step {ctx.step}{before}"
+                       f"{self.where(ctx)}", subject=subject)
+
+    def _hidden_finding(self, ctx: Context, counts: dict[str, float]) -> Finding:
+        bad = sorted(self._first_bad, key=lambda m: self._first_bad[m])
+        first = bad[0]
+        count = counts.get(f"hidden/{first}/nonfinite", math.nan)
+        others = f"; also in {', '.join(bad[1:4])}" if len(bad) > 1 else ""
+        loss_bad = any(not math.isfinite(ctx.new[k]) for k in (*LOSS_KEYS, "grad/norm")
+                       if k in ctx.new)
+        probe = ctx.alerts(rule="hidden.")
+        said = f" (hidden-state probe: {probe[0].message})" if probe else ""
+        return Finding(
+            f"non-finite activations first appeared in module {first} at step "
+            f"{self._first_bad[first]} (hidden/{first}/nonfinite = {num(count)}){others}{said}",
+            subject="hidden", level="critical" if loss_bad else "warning")
+
+
+class _SpikeRule(Rule):
+    """A value far above its recent window: robust z-score AND ratio to the window mean."""
+
+    window = 50  # points before the current one that form the reference
+    min_points = 20  # no verdict with fewer finite points in the window
+    z_fire = 6.0  # robust z-score (median/MAD) at or above which a point is a spike
+    ratio_fire = 1.5  # ... and the point must be at least this multiple of the window mean
+    history = 64
+    clear_after = 20  # spike alerts clear after this many spike-free points
+
+    @abstractmethod
+    def key(self, ctx: Context) -> str | None:
+        """The metric this rule watches (None: not logged yet)."""
+
+    def check(self, ctx: Context) -> CheckResult:
+        key = self.key(ctx)
+        if key is None or key not in ctx.new:
+            return HOLD
+        x = ctx.new[key]
+        if not math.isfinite(x):
+            return HOLD  # NonFinite's business
+        previous = ctx.recent(key, self.window + 1)[:-1]
+        total = sum(previous)
+        if not math.isfinite(total):  # rare: drop the NaN/inf points
+            previous = [v for v in previous if math.isfinite(v)]
+            total = sum(previous)
+        if len(previous) < self.min_points:
+            return None
+        mean = total / len(previous)
+        ratio = x / mean if mean > 0 else math.inf  # the ratio test needs a positive level
+        if ratio < self.ratio_fire:  # the cheap test first: most steps stop here
+            return None
+        window = np.array(previous)
+        z = robust_z(x, window)
+        if z >= self.z_fire:
+            return Finding(
+                f"{key} {num(x)} at step {ctx.step} is {num(z)} robust sd above the median "
+                f"{num(float(np.median(window)))} of the previous {window.size} points "
+                f"({num(ratio)}x their mean)")
+        return None
+
+
+class LossSpike(_SpikeRule):
+    """The training loss jumps far above its recent level.
+
+    Reads the run's main loss (the first of `loss`, `loss/total`, `train/loss` it
+    logs). A point is a spike when its robust z-score against the previous 50 points
+    (median and MAD x 1.4826, at least 20 finite points) is >= 6 and it is >= 1.5x
+    the mean of those points. Warning. One alert covers a burst of spikes: it clears
+    after 20 spike-free points.
+    """
+
+    id = "loss_spike"
+    keys = LOSS_KEYS
+    action = ("Look at the batch at this step (bad or mislabelled data, an extreme "
+              "length); if spikes repeat, lower the learning rate or lengthen warmup and "
+              "clip gradients (max_norm=1.0); restart from a checkpoint before the first "
+              "spike if the loss does not come back down.")
+
+    def key(self, ctx: Context) -> str | None:
+        return main_loss(ctx)
+
+
+class GradExplosion(_SpikeRule):
+    """The gradient norm explodes.
+
+    Reads `grad/norm`. A point explodes when its robust z-score against the previous
+    50 points (at least 20) is >= 6 and it is >= 3x their mean (gradient norms are
+    spikier than losses). Warning. Clears after 20 calm points.
+    """
+
+    id = "grad_explosion"
+    keys = ("grad/norm",)
+    ratio_fire = 3.0
+    action = ("Clip gradients (torch.nn.utils.clip_grad_norm_, max_norm=1.0), lower the "
+              "learning rate, and check the batch at this step; in fp16, check the loss "
+              "scaler. If the loss spikes at the same steps, restart from the checkpoint "
+              "before.")
+
+    def key(self, ctx: Context) -> str | None:
+        return "grad/norm"

@@ -1,0 +1,85 @@
+"""The learning-rate schedule: an LR of zero, an LR that does not move during warmup."""
+
+from __future__ import annotations
+
+from trainspect.alerts.rule import HOLD, CheckResult, Context, Finding, Rule
+from trainspect.alerts.rules.common import LR_KEYS
+from trainspect.alerts.stats import num
+
+# Config names trainers use for the number of warmup steps.
+WARMUP_KEYS = ("warmup_steps", "num_warmup_steps", "lr_warmup_steps", "warmup")
+
+
+def warmup_steps(config: dict) -> int | None:
+    """The configured number of warmup steps (> 0), from the run's config, or None."""
+    for name in WARMUP_KEYS:
+        value = config.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+            return int(value)
+    return None
+
+
+class LrZero(Rule):
+    """The learning rate is exactly 0 after step 0.
+
+    Reads `lr`, `train/lr`, `optim/lr`. Fires (critical) after 2 consecutive points
+    at exactly 0 at steps > 0: one zero is what a schedule that decays to 0 shows at
+    its last step. Clears after 3 non-zero points.
+    """
+
+    id = "lr_zero"
+    level = "critical"
+    keys = LR_KEYS
+    history = 4
+    fire_after = 2
+    action = ("Nothing is being learned: check the scheduler (warmup from 0 that never "
+              "advances because scheduler.step() is not called, a decay whose total "
+              "steps are set too low so it reached 0 early) and the LR in the optimizer's "
+              "param groups.")
+
+    def check(self, ctx: Context) -> CheckResult:
+        zero = [k for k in LR_KEYS if ctx.new.get(k) == 0]
+        if ctx.step <= 0 or not any(k in ctx.new for k in LR_KEYS):
+            return HOLD
+        if not zero:
+            return None
+        return Finding(f"{zero[0]} is exactly 0 at step {ctx.step}: the optimizer does not "
+                       "move the weights")
+
+
+class LrFrozenWarmup(Rule):
+    """The learning rate does not change during a configured warmup.
+
+    Needs `warmup_steps` (or num_warmup_steps, lr_warmup_steps, warmup) >= 1 in the
+    run's config. Fires (warning) when at least 5 LR points at steps 1..warmup_steps
+    all have the same value: a warmup ramps, so a constant LR means the scheduler is
+    not being stepped (or the warmup is not applied). Clears when the LR moves
+    (2 checks with a change).
+    """
+
+    id = "lr_frozen_warmup"
+    keys = LR_KEYS
+    history = 16
+    min_points = 5
+    clear_after = 2
+    action = ("Call scheduler.step() after each optimizer.step() (or hand the scheduler "
+              "to your trainer), and check that the warmup is configured on the scheduler "
+              "actually in use.")
+
+    def check(self, ctx: Context) -> CheckResult:
+        warmup = warmup_steps(ctx.config)
+        key = next((k for k in LR_KEYS if k in ctx.new), None)
+        if warmup is None or key is None:
+            return HOLD
+        steps, values = ctx.tail(key)
+        if ctx.active():
+            changed = values.size >= 2 and values[-1] != values[-2]
+            return None if changed else Finding(f"{key} still at {num(values[-1])}")
+        if ctx.step > warmup:
+            return HOLD  # warmup is over; judged only inside it
+        inside = values[(steps >= 1) & (steps <= warmup)]
+        if inside.size < self.min_points or inside.min() != inside.max():
+            return None
+        return Finding(f"{key} has stayed at {num(inside[0])} for {inside.size} points "
+                       f"(steps {int(steps[steps >= 1][0])}-{ctx.step}) although "
+                       f"warmup_steps={warmup} is configured: the warmup is not ramping")
