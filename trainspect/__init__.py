@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Alert",
+    "FixedEval",
     "Matrix",
     "Reader",
     "Run",
@@ -29,3 +30,12 @@ __all__ = [
     "init",
     "open",
 ]
+
+
+def __getattr__(name: str):
+    """`ts.FixedEval` without importing the eval package (or torch) until it is used."""
+    if name == "FixedEval":
+        from trainspect.eval.dataset import FixedEval
+
+        return FixedEval
+    raise AttributeError(f"module 'trainspect' has no attribute {name!r}")

@@ -59,3 +59,24 @@ class Alert:
     action: str = ""
     state: Literal["fired", "cleared"] = "fired"
     wall_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """One fixed-eval example's result at one evaluation (the `eval_examples` table)."""
+
+    step: int
+    eval_name: str
+    example_id: str
+    pattern: str
+    length_bin: str
+    ref_tokens: int
+    tokens: int
+    correct_tokens: int
+    ce: float
+    em: bool
+    output: str
+    prompt: str
+    reference: str
+    checkpoint: str | None = None
+    wall_time: float = 0.0

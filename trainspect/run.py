@@ -387,6 +387,25 @@ class Run:
             except Exception as err:
                 self._internal_error("emit", err)
 
+    def evaluate(self, model: Any, ev: Any, step: int | None = None,
+                 checkpoint: str | None = None, batch_size: int = 8, em: str = "greedy",
+                 progress: Any = None, **kwargs: Any) -> Any:
+        """Run a `ts.FixedEval` on `model` at `step` (default: the run's step) and record it:
+        exact match, CE, calibration, pattern x length cells, best checkpoint and trends.
+
+        Returns the EvalResult (None if the evaluation itself failed: that is an alert).
+        See `trainspect.eval.evaluate.evaluate` for the arguments.
+        """
+        from trainspect.eval.evaluate import evaluate
+
+        return evaluate(self, model, ev, self._step if step is None else step,
+                        checkpoint=checkpoint, batch_size=batch_size, em=em,
+                        progress=progress, **kwargs)
+
+    def set_meta(self, **values: Any) -> None:
+        """Record JSON-able values in the run's metadata (`RunView.meta`); later ones win."""
+        self._writer.set_meta(**values)
+
     def add_observer(self, observer: Any) -> None:
         """Let `observer(columns, records)` see every batch the writer commits (alert rules).
 

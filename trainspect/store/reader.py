@@ -304,6 +304,45 @@ class RunView:
             return [r[0] for r in conn.execute(
                 "SELECT DISTINCT step FROM matrices WHERE name = ? ORDER BY step", (name,))]
 
+    def eval_steps(self, eval_name: str = "eval") -> list[int]:
+        """Steps with per-example fixed-eval results, oldest first."""
+        with self._query() as conn:
+            if not self._has(conn, "eval_examples"):
+                return []
+            return [r[0] for r in conn.execute(
+                "SELECT DISTINCT step FROM eval_examples WHERE eval_name = ? ORDER BY step",
+                (eval_name,))]
+
+    def eval_examples(self, step: int | None = None, eval_name: str = "eval") -> list[dict]:
+        """Per-example fixed-eval results at `step` (default: the latest evaluated step),
+        one dict per example (the newest write wins), with its prompt and reference."""
+        with self._query() as conn:
+            if not self._has(conn, "eval_examples"):
+                return []
+            if step is None:
+                step = conn.execute("SELECT MAX(step) FROM eval_examples WHERE eval_name = ?",
+                                    (eval_name,)).fetchone()[0]
+                if step is None:
+                    return []
+            rows = conn.execute(
+                "SELECT e.seq, e.step, e.example_id, e.em, e.ce, e.tokens, e.correct_tokens, "
+                "e.output, e.checkpoint, e.wall_time, s.prompt, s.reference, s.pattern, "
+                "s.length_bin, s.ref_tokens FROM eval_examples e LEFT JOIN eval_set s "
+                "ON s.eval_name = e.eval_name AND s.example_id = e.example_id "
+                "WHERE e.eval_name = ? AND e.step = ? ORDER BY e.seq",
+                (eval_name, int(step)),
+            ).fetchall()
+        latest: dict[str, dict] = {}
+        for r in rows:
+            latest[r[2]] = {
+                "seq": r[0], "step": r[1], "example_id": r[2], "em": bool(r[3]),
+                "ce": float("nan") if r[4] is None else r[4], "tokens": r[5],
+                "correct_tokens": r[6], "output": r[7], "checkpoint": r[8], "wall_time": r[9],
+                "prompt": r[10], "reference": r[11], "pattern": r[12], "length_bin": r[13],
+                "ref_tokens": r[14],
+            }
+        return list(latest.values())
+
     def alerts(self) -> list[dict]:
         """Alerts as dicts with step, rule, level, message, action, state, oldest first."""
         with self._query() as conn:

@@ -72,10 +72,35 @@ MIGRATIONS: list[list[str]] = [
             state TEXT NOT NULL,
             wall_time REAL NOT NULL)""",
     ],
+    [  # 2: per-example fixed-eval results; the examples' text once per eval set and id
+        """CREATE TABLE IF NOT EXISTS eval_set (
+            eval_name TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            pattern TEXT NOT NULL,
+            length_bin TEXT NOT NULL,
+            ref_tokens INTEGER NOT NULL,
+            PRIMARY KEY (eval_name, example_id))""",
+        """CREATE TABLE IF NOT EXISTS eval_examples (
+            seq INTEGER PRIMARY KEY,
+            step INTEGER NOT NULL,
+            eval_name TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            em INTEGER NOT NULL,
+            ce REAL,
+            tokens INTEGER NOT NULL,
+            correct_tokens INTEGER NOT NULL,
+            output TEXT NOT NULL,
+            checkpoint TEXT,
+            wall_time REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS eval_examples_step ON eval_examples (eval_name, step)",
+        "CREATE INDEX IF NOT EXISTS eval_examples_id ON eval_examples (eval_name, example_id)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-SEQ_TABLES = ("scalar_chunks", "samples", "matrices", "alerts")
+SEQ_TABLES = ("scalar_chunks", "samples", "matrices", "alerts", "eval_examples")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from trainspect.records import Alert, Matrix, SampleRow, Scalar
+from trainspect.records import Alert, EvalExample, Matrix, SampleRow, Scalar
 from trainspect.store import schema
 from trainspect.store.chunks import decode_steps, pack
 from trainspect.store.connect import connect_for_write
@@ -244,6 +244,18 @@ class StoreWriter:
                     "INSERT INTO matrices VALUES (?,?,?,?,?,?,?,?,?)",
                     (self._next_seq(), r.key, r.step, n_rows, n_cols, blob,
                      _json(list(r.row_labels)), _json(list(r.col_labels)),
+                     r.wall_time or time.time()),
+                )
+            elif isinstance(r, EvalExample):
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO eval_set VALUES (?,?,?,?,?,?,?)",
+                    (r.eval_name, r.example_id, r.prompt, r.reference, r.pattern,
+                     r.length_bin, r.ref_tokens),
+                )
+                self._conn.execute(
+                    "INSERT INTO eval_examples VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (self._next_seq(), r.step, r.eval_name, r.example_id, int(r.em),
+                     _real(r.ce), r.tokens, r.correct_tokens, r.output, r.checkpoint,
                      r.wall_time or time.time()),
                 )
             elif isinstance(r, Alert):
