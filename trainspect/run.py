@@ -13,11 +13,13 @@ import math
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
 from trainspect import lifecycle
+from trainspect.distributed import RankSync
 from trainspect.errors import TrainspectError
 from trainspect.flush import Flusher, Part
 from trainspect.paths import check_name, new_run_id, run_path, runs_dir
@@ -72,6 +74,7 @@ class Run:
         alerts: bool = True,
         alert_rules: Any = None,
         webhook: str | None = None,
+        exporters: Sequence[Any] = (),
     ) -> None:
         check_name(project, "project")
         for argument, value in (("log_every", log_every), ("samples_every", samples_every),
@@ -110,9 +113,11 @@ class Run:
         self._auto_step = 0
         self._window_end = log_every
         now = time.time()
+        self._ranks = RankSync()  # rank 0 writes; the flush pools every rank's probe state
+        self._exporters: list[Any] = []
 
         attempt, started_at, previous = 1, now, {}
-        if resume is not None:
+        if resume is not None and self._ranks.writes:
             self.path, previous = self._find_resumed(resume)
             self.id = self.path.stem
             attempt = int(previous.get("attempt", 1)) + 1
@@ -130,8 +135,10 @@ class Run:
         self.alerts = engine_for_run(alerts=alerts, alert_rules=alert_rules, webhook=webhook,
                                      config=self.config,
                                      run={"id": self.id, "project": project, "name": self.name})
-        self._writer = self._open_writer(attempt)
+        self._writer = self._open_writer(attempt) if self._ranks.writes else _NullWriter()
         self.add_observer(self.alerts.observe)
+        if exporters:
+            self.export_to(*exporters)
         self._writer.set_meta(
             id=self.id, project=project, name=self.name, config=self.config,
             status="running", started_at=started_at, attempt=attempt,
@@ -314,10 +321,13 @@ class Run:
                     f"{known.n_groups} groups, V={known.vocab_size})",
                     "Use one stream name per head layout; this batch was skipped.")
                 return
-            probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
-            if self._samples.due(stream, step):
-                self._take_samples(step, stream, group, logits, labels, mask, input_ids,
-                                   attention_mask, token_names, ignore_index)
+            import torch
+
+            with torch.no_grad():  # statistics must never join the caller's autograd graph
+                probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
+                if self._samples.due(stream, step):
+                    self._take_samples(step, stream, group, logits, labels, mask, input_ids,
+                                       attention_mask, token_names, ignore_index)
         except TrainspectError as err:
             self._reject("step", step, str(err))
         except Exception as err:
@@ -406,6 +416,15 @@ class Run:
         """Record JSON-able values in the run's metadata (`RunView.meta`); later ones win."""
         self._writer.set_meta(**values)
 
+    def export_to(self, *targets: Any) -> list[Any]:
+        """Mirror this run's scalars, samples and alerts to "wandb", "tensorboard", "mlflow"
+        or `trainspect.integrations.exporters` objects, from now on (rank 0 only)."""
+        from trainspect.integrations.exporters import export_to
+
+        made = export_to(self, *targets)
+        self._exporters.extend(made)
+        return made
+
     def add_observer(self, observer: Any) -> None:
         """Let `observer(columns, records)` see every batch the writer commits (alert rules).
 
@@ -444,9 +463,11 @@ class Run:
     def _flush_device(self) -> None:
         """Queue the window's device values for the writer; never waits for the device."""
         try:
-            parts = [self._probe_part(p) for p in list(self._probes.values())]
+            probes = self._ranks.agree(self, list(self._probes.values()))
+            parts = [self._probe_part(p) for p in probes]
             parts.extend(self._tensor_parts())
-            job = self._flusher.start([p for p in parts if p is not None])
+            parts = self._ranks.parts(self, [p for p in parts if p is not None])
+            job = self._flusher.start(parts)
             for probe in list(self._probes.values()):
                 try:
                     probe.reset()
@@ -507,13 +528,17 @@ class Run:
         if self._finished:
             return
         try:
-            self._flush_device()
+            if self._ranks.final_flush_ok(status, meta):  # not across ranks after an error
+                self._flush_device()
             self._writer.set_meta(status=status, ended_at=time.time(),
                                   rejected_values=self.rejected_values,
                                   internal_errors=dict(self.errors), **meta)
             self._finished = True
             self._writer.close()
             self.alerts.close(timeout=2.0)  # give the webhook the last alerts
+            from trainspect.integrations.exporters import close_all
+
+            close_all(self._exporters)  # after the writer: the last batch is mirrored
         except Exception as err:
             self._internal_error("finish", err)
         finally:

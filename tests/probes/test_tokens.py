@@ -303,3 +303,24 @@ def test_sliced_sequences_use_one_padded_view_and_match(runs, cut):
     groups = reference(logits[:, part], labels[:, part], teacher[:, part], n_groups=2)
     for k in range(2):
         assert_close(stored(view, f"draft/pos{k}/", 1), metrics(groups[k]))
+
+
+def test_logits_that_require_grad_leave_no_autograd_history(runs):
+    run = ts.init(project="p", log_every=1000, samples_every=1, num_samples=1)
+    weight = torch.randn(8, 30, requires_grad=True)
+    for step in range(3):
+        logits = torch.randn(2, 5, 8) @ weight  # part of a graph, as in training
+        run.observe(step, logits, torch.randint(0, 30, (2, 5)))
+    assert all(not t.requires_grad and t.grad_fn is None for t in run.probe("tokens").state())
+    run.finish()
+
+
+def test_expanded_logits_are_split_not_failed(runs):
+    row = torch.randn(1, 1, 40)
+    logits = row.expand(3, 6, 40)  # stride 0 along the leading axes
+    labels = torch.randint(0, 40, (3, 6))
+    with ts.init(project="p") as run:
+        run.observe(1, logits, labels)
+    assert "tokens" not in run._disabled
+    assert_close(stored(ts.open(runs).run(run.id), "text/", 1),
+                 metrics(pooled(reference(logits, labels))))

@@ -298,8 +298,8 @@ def _padded_rows(logits: Any, target: Any, n_groups: int) -> tuple[Any, Any, lis
     view, the teacher's matching view, and each leading axis's stride in rows; None
     when the layout does not allow it (then the caller splits along the first axis).
     """
-    if logits.dim() < 3 or logits.stride(-1) != 1:
-        return None
+    if logits.dim() < 3 or logits.stride(-1) != 1 or min(logits.stride()[:-1]) <= 0:
+        return None  # e.g. expanded (stride-0) logits: split along the first axis instead
     row = logits.stride(-2)
     strides = [st // row for st in logits.stride()[:-1]]
     if row < logits.shape[-1] or any(st % row for st in logits.stride()[:-1]):
