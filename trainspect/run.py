@@ -376,11 +376,7 @@ class Run:
             self._internal_error("alert", err)
 
     def _deliver(self, alert: Alert) -> None:
-        log.log(
-            {"info": logging.INFO, "warning": logging.WARNING}.get(alert.level, logging.ERROR),
-            "trainspect [%s] step %d: %s%s", alert.level, alert.step, alert.message,
-            f" -> {alert.action}" if alert.action else "",
-        )
+        _log_alert(alert)
         self._writer.records.append(alert)
 
     def emit(self, *records: Any) -> None:
@@ -411,6 +407,35 @@ class Run:
         return evaluate(self, model, ev, self._step if step is None else step,
                         checkpoint=checkpoint, batch_size=batch_size, em=em,
                         progress=progress, **kwargs)
+
+    def losses(self, step: int | None, components: dict[str, Any],
+               weights: dict[str, Any] | None = None, total: Any = None,
+               grad_accum: int = 1) -> None:
+        """Loss composition audit: raw, weight and scaled per component, the total and the
+        gap between them, leaks through zero weights; see trainspect.probes.losses."""
+        from trainspect.probes.losses import losses
+
+        losses(self, step, components, weights, total, grad_accum)
+
+    def watch(self, model: Any, every: int | None = None, hidden_modules: Any = None,
+              **options: Any) -> Any:
+        """LoRA deltas, gradients, hidden states and throughput of `model`, every `every`
+        steps (default `log_every`); returns a handle with `.remove()`.
+        See trainspect.probes.watch.watch for the options."""
+        from trainspect.probes.watch import watch
+
+        return watch(self, model, every, hidden_modules, **options)
+
+    def speed(self, step: int | None = None, **batch: Any) -> None:
+        """Throughput of one batch (tokens, supervised tokens, padding, step time, MFU);
+        see trainspect.probes.speed.speed."""
+        from trainspect.probes.speed import speed
+
+        speed(self, step, **batch)
+
+    def remove_probe(self, name: str) -> None:
+        """Detach a probe; its unflushed window is dropped."""
+        self._probes.pop(name, None)
 
     def set_meta(self, **values: Any) -> None:
         """Record JSON-able values in the run's metadata (`RunView.meta`); later ones win."""
@@ -488,10 +513,14 @@ class Run:
 
         def consume(arrays: list) -> list:
             try:
-                return probe.compute(arrays, step, time.time())
+                records = probe.compute(arrays, step, time.time())
             except Exception as err:
                 self.probe_failed(probe.name, "compute", err)
                 return []
+            for record in records:
+                if isinstance(record, Alert):
+                    _log_alert(record)
+            return records
 
         return Part(tensors, consume)
 
@@ -564,6 +593,15 @@ class Run:
             log.warning("trainspect: internal error in %s (%s: %s); training goes on, "
                         "further errors here are counted", where, type(err).__name__, err,
                         exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+def _log_alert(alert: Alert) -> None:
+    """The console's copy of an alert: one readable line at the alert's level."""
+    log.log(
+        {"info": logging.INFO, "warning": logging.WARNING}.get(alert.level, logging.ERROR),
+        "trainspect [%s] step %d: %s%s", alert.level, alert.step, alert.message,
+        f" -> {alert.action}" if alert.action else "",
+    )
 
 
 def _console_for_verbose() -> None:

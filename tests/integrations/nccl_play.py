@@ -9,14 +9,12 @@ import torch
 import torch.distributed as dist
 
 from tests.integrations.test_distributed import play
-from tests.integrations.wiring import wire
 
 
 def main() -> None:
     local = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local)
     dist.init_process_group("nccl", device_id=torch.device("cuda", local))
-    wire()
     torch.cuda.set_sync_debug_mode("error")  # the hot path and the flush never sync
     try:
         play(dist.get_rank(), dist.get_world_size(), "dual", 0.1, f"cuda:{local}")

@@ -20,12 +20,9 @@ def free_port() -> int:
 def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple) -> None:
     import torch
 
-    from tests.integrations.wiring import wire
-
     torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
-    wire()
     try:
         fn(rank, world, *args)
     finally:

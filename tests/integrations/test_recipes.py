@@ -19,15 +19,6 @@ from tests.integrations.ranks import free_port  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "integrations.md"
 
-# Until run.py has the distributed wiring and Run.watch, the scripts get them patched in.
-PRELUDE = """\
-from tests.integrations.wiring import wire
-wire()
-import trainspect as _ts
-if not hasattr(_ts.Run, "watch"):
-    from trainspect.probes.watch import watch as _watch
-    _ts.Run.watch = lambda self, model, **kwargs: _watch(self, model, **kwargs)
-"""
 
 
 def recipe(name: str) -> str:
@@ -40,7 +31,7 @@ def recipe(name: str) -> str:
 
 def launch(tmp_path, runs, name: str, *launcher: str) -> ts.RunView:
     script = tmp_path / f"recipe_{name}.py"  # not accelerate.py: it would shadow the package
-    script.write_text(PRELUDE + recipe(name))
+    script.write_text(recipe(name))
     env = {**os.environ, "TRAINSPECT_DIR": str(runs), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("CUDA_VISIBLE_DEVICES", None)

@@ -1,7 +1,7 @@
 """Loss composition panel: each component raw, its weight, what it adds, and the sum check.
 
-`loss/<name>/raw|weight|scaled`, `loss/total` and `loss/sum_gap` (total minus the sum
-of scaled parts). The table flags what the seeds' users hunted by hand: a
+`loss/<name>/raw|weight|scaled`, `loss/total` and `loss/sum_gap` (|total - sum of
+scaled parts| / |total|, a fraction). The table flags what the seeds' users hunted by hand: a
 component with weight 0 that still adds to the total, a scaled value that is not
 raw x weight, and a total that is not the sum of its parts.
 """
@@ -60,7 +60,8 @@ def _impl(view: RunView, buckets: int | None = 1000) -> Data:
               have=have),
         chart("weight", "Weights", view, [f"loss/{n}/weight" for n in names], buckets,
               have=have),
-        chart("sum_gap", "total - sum of scaled", view, ["loss/sum_gap"], buckets, have=have),
+        chart("sum_gap", "|total - sum of scaled| / |total|", view, ["loss/sum_gap"], buckets,
+              have=have),
     ])
     total = finite(latest.get("loss/total"))
     rows, problems = [], []
@@ -71,8 +72,9 @@ def _impl(view: RunView, buckets: int | None = 1000) -> Data:
         problems += [f"{n}: {f}" for f in found]
         rows.append([n, raw, weight, scaled, share, "; ".join(found)])
     gap = finite(latest.get("loss/sum_gap"))
-    if gap is not None and total is not None and abs(gap) > REL_TOL * max(abs(total), 1e-12):
-        problems.append(f"the total differs from the sum of its scaled parts by {gap:.6g}")
+    if gap is not None and abs(gap) > REL_TOL:  # loss/sum_gap is already relative to |total|
+        problems.append(f"the total differs from the sum of its scaled parts by "
+                        f"{gap:.2%} of the total")
     data["table"] = {"columns": ["component", "raw", "weight", "scaled", "share", "flags"],
                      "rows": rows}
     data["total"] = total

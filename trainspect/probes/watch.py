@@ -1,0 +1,463 @@
+"""`run.watch(model)`: LoRA deltas, gradients, hidden states and throughput from hooks.
+
+One call before training attaches everything; the loop changes nothing else:
+
+- a forward pre-hook and hook on the model itself mark each forward pass (training
+  when the model is in train mode with grad enabled) and read its token inputs
+  (`attention_mask`, `input_ids`, `labels` keyword arguments) for throughput;
+- forward hooks on the hidden modules (default: every decoder layer, found by the
+  `layers.N` / `h.N` / `blocks.N` naming of HF and PEFT models) feed `HiddenProbe`;
+- a post-accumulate-grad hook on the first trainable parameter of every layer notices
+  the first gradient of a backward pass and queues one callback for the end of that pass
+  with the autograd engine (`queue_callback`, as DDP and FSDP do). That callback
+  re-queues itself once so that it runs after DDP's own end-of-backward callback, when
+  the gradients are final. There it calls `GradProbe.after_backward`. This needs no
+  call from the loop, sees every backward (gradient accumulation included), and costs
+  one Python call per layer per backward; an explicit `after_backward(step)` from the
+  loop would miss loops that never call it and could not see a detached loss;
+- `LoraProbe` needs no hook: it reads the weights at the flush.
+
+Hooks never raise into training: a failing probe is switched off and reported once.
+Under gradient checkpointing the recomputation inside the backward is ignored.
+
+Names: `layers.3` for the fourth decoder layer, with wrappers (PEFT's `base_model.model`,
+DDP's `module`, torch.compile's `_orig_mod`) and the HF inner `model.` stripped;
+blocks `qkv` (q/k/v projections), `o` (attention output), `mlp`, `norm`, else the
+sub-module's own name (`audio_mlp`). Parameters outside the layer stacks are grouped by
+their top-level module (`embed_tokens`, `lm_head`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainspect.errors import TrainspectError
+from trainspect.probes.grads import GradProbe
+from trainspect.probes.hidden import HiddenProbe
+from trainspect.probes.lora import AdapterRef, LoraProbe, WeightRef
+from trainspect.probes.speed import SpeedProbe, flop_counts
+
+log = logging.getLogger("trainspect.probes.watch")
+
+# Full-weight snapshots cost as much memory as the weights: on by default up to this size.
+FULL_DELTAS_AUTO_MAX_PARAMS = 1_000_000_000
+
+_WRAPPERS = ("base_model.model.", "_orig_mod.", "module.")
+_INNER = ("model.", "transformer.", "gpt_neox.")
+_PEFT_PARTS = ("original_module", "base_layer", "_fsdp_wrapped_module",
+               "_checkpoint_wrapped_module")
+STACKS = {"layers", "layer", "h", "blocks", "block"}
+_ATTN = {"self_attn", "attn", "attention", "self_attention", "cross_attn", "encoder_attn"}
+_MLP = {"mlp", "feed_forward", "ffn", "ff", "moe", "block_sparse_moe", "intermediate", "output"}
+_QKV = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "c_attn", "Wqkv",
+        "query_key_value", "in_proj", "wq", "wk", "wv", "q", "k", "v", "to_q", "to_k", "to_v"}
+_O = {"o_proj", "out_proj", "dense", "c_proj", "wo", "o", "proj", "to_out", "out"}
+_MLP_LEAVES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc",
+               "w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h"}
+
+
+# ---- naming ----------------------------------------------------------------------------
+
+
+def short_name(name: str) -> str:
+    """A module or parameter path without wrapper and PEFT-internal parts."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPERS:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    parts = name.split(".")
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        if parts[i] == "modules_to_save":
+            i += 2  # ".modules_to_save.<adapter>"
+            continue
+        if parts[i] not in _PEFT_PARTS:
+            out.append(parts[i])
+        i += 1
+    name = ".".join(out)
+    for inner in _INNER:
+        if name.startswith(inner):
+            return name[len(inner):]
+    return name
+
+
+def split_layer(short: str) -> tuple[str, list[str]]:
+    """("layers.3", ["self_attn", "q_proj"]) for "layers.3.self_attn.q_proj"; outside a
+    layer stack the top-level module: ("lm_head", [])."""
+    parts = short.split(".")
+    for i in range(len(parts) - 1):
+        if parts[i] in STACKS and parts[i + 1].isdigit():
+            return ".".join(parts[: i + 2]), parts[i + 2:]
+    return parts[0], parts[1:]
+
+
+def block_of(rest: Sequence[str]) -> str:
+    """The block a module belongs to inside its layer: qkv, o, mlp, norm or its name."""
+    if not rest:
+        return "all"
+    leaf = rest[-1]
+    if "norm" in leaf or leaf.startswith("ln"):
+        return "norm"
+    if len(rest) == 1:
+        return ("qkv" if leaf in _QKV else "o" if leaf in _O
+                else "mlp" if leaf in _MLP_LEAVES else leaf)
+    container = rest[0]
+    if container in _ATTN:
+        return "qkv" if leaf in _QKV else "o" if leaf in _O else "attn"
+    if container in _MLP:
+        return "mlp"
+    return container
+
+
+# ---- discovery -------------------------------------------------------------------------
+
+
+def find_adapters(model: nn.Module) -> list[AdapterRef]:
+    """PEFT LoRA adapters (trainable ones), linear and embedding."""
+    found: list[tuple[str, str, Any, Any, Any]] = []
+    for name, module in model.named_modules():
+        for a_key, b_key in (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B")):
+            a_dict, b_dict = getattr(module, a_key, None), getattr(module, b_key, None)
+            if not isinstance(a_dict, (nn.ModuleDict, nn.ParameterDict)) or b_dict is None:
+                continue
+            for adapter in a_dict:
+                if adapter not in b_dict:
+                    continue
+                a, b = a_dict[adapter], b_dict[adapter]
+                a, b = getattr(a, "weight", a), getattr(b, "weight", b)
+                if isinstance(a, torch.Tensor) and (a.requires_grad or b.requires_grad):
+                    found.append((name, adapter, module, a, b))
+    several = len({adapter for _, adapter, *_ in found}) > 1
+    refs = []
+    for name, adapter, module, a, b in found:
+        layer, rest = split_layer(short_name(name))
+        block = block_of(rest) + (f"[{adapter}]" if several else "")
+        refs.append(AdapterRef(short_name(name), layer, block, a, b,
+                               functools.partial(_scaling, module, adapter)))
+    return refs
+
+
+def _scaling(module: nn.Module, adapter: str) -> float:
+    return float(getattr(module, "scaling", {}).get(adapter, 1.0))
+
+
+def trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(short parameter name, parameter) of every trainable parameter, shared ones once."""
+    return [(short_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def find_hidden(model: nn.Module, wanted: Any) -> list[tuple[str, nn.Module]]:
+    """Modules whose outputs to watch, in model order, with their short names."""
+    named = [(short_name(n), n, m) for n, m in model.named_modules() if n]
+    if wanted is None:  # every element of every layer stack, stack after stack
+        return [(f"{s}.{i}", child) for s, _, m in named
+                if isinstance(m, nn.ModuleList) and s.split(".")[-1] in STACKS
+                for i, child in enumerate(m)]
+    if isinstance(wanted, (str, nn.Module)):
+        wanted = [wanted]
+    chosen: list[tuple[str, nn.Module]] = []
+    for item in wanted:
+        match = [(s, m) for s, n, m in named
+                 if (m is item if isinstance(item, nn.Module) else item in (s, n))]
+        if not match:
+            known = [s for s, _ in find_hidden(model, None)][:3]
+            raise TrainspectError(f"`hidden_modules`: no module {item!r} in the model "
+                                  f"(decoder layers here are named like {known})")
+        chosen.append(match[0])
+    order = {id(m): i for i, (_, _, m) in enumerate(named)}
+    return sorted(chosen, key=lambda sm: order[id(sm[1])])
+
+
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
+
+def _in_backward() -> bool:
+    """True while the autograd engine runs (gradient checkpointing recomputes forwards)."""
+    return _graph_task_id() != -1
+
+
+def _engine() -> Any:
+    return torch.autograd.Variable._execution_engine
+
+
+# ---- the handle ------------------------------------------------------------------------
+
+
+class Watch:
+    """What `run.watch` returns: the attached probes (`.probes`) and `remove()`."""
+
+    def __init__(self, run: Any, model: nn.Module, every: int) -> None:
+        self.run = run
+        self.model = model
+        self.every = every
+        self.probes: dict[str, Any] = {}
+        self._own_speed = False
+        self._handles: list[Any] = []
+        self._off: set[str] = set()
+        self._queued = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Watch(every={self.every}, probes={sorted(self.probes)})"
+
+    # ---- attaching (once, before training) ---------------------------------------------
+
+    def attach(self, *, lora: bool, grads: bool, hidden: bool, speed: bool,
+               full_deltas: bool | None, hidden_modules: Any, top_k: int,
+               check_every_step: bool, peak_flops: float | None) -> Watch:
+        model, run = self.model, self.run
+        params = trainable(model)
+        device = next((p.device for p in [q for _, q in params] + list(model.parameters())),
+                      torch.device("cpu"))
+        start = run.step
+        layers: list[str] = []
+        index = []
+        for name, _ in params:
+            layer = split_layer(name.rsplit(".", 1)[0])[0]
+            if layer not in layers:
+                layers.append(layer)
+            index.append(layers.index(layer))
+        if lora:
+            self._add_lora(params, full_deltas, top_k, start)
+        if grads and params:
+            self._add(GradProbe([p for _, p in params], index, layers, device, every=self.every))
+        if hidden:
+            modules = find_hidden(model, hidden_modules)
+            if modules:
+                probe = self._add(HiddenProbe([s for s, _ in modules], device, every=self.every,
+                                              check_every_step=check_every_step))
+                for i, (_, module) in enumerate(modules):
+                    self._handles.append(module.register_forward_hook(
+                        functools.partial(self._on_hidden, probe, i)))
+        if speed:
+            self._add_speed(device, peak_flops)
+        self._handles.append(model.register_forward_pre_hook(self._before, with_kwargs=True))
+        self._handles.append(model.register_forward_hook(self._after))
+        if "grads" in self.probes or "speed" in self.probes:
+            # one parameter per layer is enough to notice a backward pass that reaches the
+            # layer (every trainable tensor of a layer takes part in its output), and each
+            # hook is a Python call on the autograd thread: hundreds of them cost a ms
+            first: dict[int, torch.Tensor] = {}
+            for (_, p), layer in zip(params, index):
+                first.setdefault(layer, p)
+            for p in first.values():
+                self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
+        return self
+
+    def _add(self, probe: Any) -> Any:
+        probe.owner = self
+        self.probes[probe.name] = probe
+        self.run.add_probe(probe)
+        return probe
+
+    def _add_lora(self, params: list, full_deltas: bool | None, top_k: int, start: int) -> None:
+        adapters = find_adapters(self.model)
+        factors = {id(t) for ref in adapters for t in (ref.a, ref.b)}
+        rest = [(n, p) for n, p in params if id(p) not in factors]
+        size = sum(p.numel() for _, p in rest)
+        if full_deltas is None:
+            full_deltas = size <= FULL_DELTAS_AUTO_MAX_PARAMS
+            if not full_deltas:
+                log.info("trainspect: %d trainable weights: full-weight deltas are off by "
+                         "default above %d (they snapshot the weights); pass full_deltas=True",
+                         size, FULL_DELTAS_AUTO_MAX_PARAMS)
+        weights = []
+        for name, p in rest if full_deltas else []:
+            layer, parts = split_layer(name.rsplit(".", 1)[0] if "." in name else name)
+            weights.append(WeightRef(name, layer, block_of(parts), p))
+        probe = LoraProbe(adapters, weights, every=self.every, start_step=start, top_k=top_k,
+                          step_of=lambda: self.run.step)
+        if not probe.empty:
+            self._add(probe)
+
+    def _add_speed(self, device: torch.device, peak_flops: float | None) -> None:
+        static, attention = flop_counts(self.model)
+        probe = self.run.probe("speed")
+        if probe is None:
+            probe = SpeedProbe(device, step_of=lambda: self.run.step)
+            self._own_speed = True
+        probe.flops_per_token, probe.attention_flops = static, attention
+        if peak_flops is not None:
+            probe.peak = peak_flops
+        self._add(probe)
+
+    # ---- hooks (training thread and autograd engine; never raise) ----------------------
+
+    def _call(self, probe: Any, where: str, fn: Any, *args: Any) -> None:
+        if probe.name in self._off:
+            return
+        try:
+            fn(*args)
+        except Exception as err:
+            self._fail(probe, where, err)
+
+    def _fail(self, probe: Any, where: str, err: BaseException) -> None:
+        self._off.add(probe.name)
+        self.run.probe_failed(probe.name, where, err)
+
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._closed or _in_backward():
+            return
+        if getattr(self.run, "_finished", False):
+            self.remove()
+            return
+        for name, probe in self.probes.items():  # switched off by the run (state/compute)
+            if name not in self._off and self.run.probe(name) is not probe:
+                self._off.add(name)
+        self._queued = False  # a backward that died half-way must not block the next one
+        training = module.training and torch.is_grad_enabled()
+        grads, hidden, speed = (self.probes.get(k) for k in ("grads", "hidden", "speed"))
+        if training and grads is not None:
+            self._call(grads, "forward", grads.forward_seen)
+        if training and speed is not None:
+            self._call(speed, "forward", self._count, speed, args, kwargs)
+        if hidden is not None:
+            self._call(hidden, "forward", hidden.begin_forward, self.run.step, training)
+
+    def _after(self, module: nn.Module, args: tuple, output: Any) -> None:
+        hidden = self.probes.get("hidden")
+        if hidden is not None and not self._closed and not _in_backward():
+            self._call(hidden, "forward", hidden.end_forward, self.run.step)
+
+    @staticmethod
+    def _count(speed: SpeedProbe, args: tuple, kwargs: dict) -> None:
+        speed.forward_start()
+        if speed.explicit:
+            return
+        ids = kwargs.get("input_ids")
+        if ids is None and args and isinstance(args[0], torch.Tensor):
+            ids = args[0] if not args[0].is_floating_point() else None
+        mask = kwargs.get("attention_mask")
+        if ids is None and mask is None:
+            embeds = kwargs.get("inputs_embeds")
+            if not isinstance(embeds, torch.Tensor) or embeds.dim() < 2:
+                return
+            speed.count(tokens=embeds.shape[:-1].numel())
+            return
+        labels = kwargs.get("labels")
+        speed.count(mask if isinstance(mask, torch.Tensor) else None, ids,
+                    labels if isinstance(labels, torch.Tensor) else None, shift_labels=True)
+
+    def _on_hidden(self, probe: HiddenProbe, i: int, module: nn.Module, args: tuple,
+                   output: Any) -> None:
+        # the one hook that runs per layer per forward: kept to a few attribute reads
+        if self._closed or probe.name in self._off or _in_backward():
+            return
+        try:
+            probe.output(i, output)
+        except Exception as err:
+            self._fail(probe, "forward hook", err)
+
+    def _on_grad(self, param: torch.Tensor) -> None:
+        if self._queued or self._closed:
+            return
+        self._queued = True
+        try:
+            _engine().queue_callback(self._requeue)
+        except Exception as err:
+            self._queued = False
+            self._call_all_failed("backward hook", err)
+
+    def _requeue(self) -> None:
+        try:  # run after callbacks queued later in this backward (DDP's reducer)
+            _engine().queue_callback(self._backward_end)
+        except Exception:
+            self._backward_end()
+
+    def _backward_end(self) -> None:
+        self._queued = False
+        grads, speed = self.probes.get("grads"), self.probes.get("speed")
+        if grads is not None:
+            self._call(grads, "backward", grads.after_backward, self.run.step)
+        if speed is not None:
+            self._call(speed, "backward", speed.backward_end)
+
+    def _call_all_failed(self, where: str, err: BaseException) -> None:
+        for name in ("grads", "speed"):
+            if name in self.probes and name not in self._off:
+                self._off.add(name)
+                self.run.probe_failed(name, where, err)
+
+    # ---- detaching ---------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Detach every hook and take this watch's probes off the run."""
+        self._closed = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for name, probe in self.probes.items():
+            if name == "speed" and not self._own_speed:
+                continue  # run.speed made it: it stays
+            if self.run.probe(name) is probe:
+                remover = getattr(self.run, "remove_probe", None)
+                if remover is not None:
+                    remover(name)
+                else:
+                    self.run._probes.pop(name, None)
+
+
+def watch(run: Any, model: nn.Module, every: int | None = None, hidden_modules: Any = None, *,
+          lora: bool = True, grads: bool = True, hidden: bool = True, speed: bool = True,
+          full_deltas: bool | None = None, top_k: int = 5, check_finite: str = "every_step",
+          peak_flops: float | None = None) -> Watch | None:
+    """Watch `model` for the rest of the run: the code behind `Run.watch`.
+
+    every: sample gradients, hidden statistics and LoRA deltas on one step every `every`
+        steps (default: the run's `log_every`). LoRA deltas are read at flushes, so they
+        come at most once per `log_every` steps.
+    hidden_modules: modules whose outputs to watch: names (as in `named_modules`, or
+        short like "layers.3"), modules, or [] for none. Default: every decoder layer.
+    lora, grads, hidden, speed: switch a probe family off.
+    full_deltas: ‖W − W₀‖_F for trainable weights that are not LoRA factors. It keeps a
+        copy of those weights on their device (as much memory again): None turns it on
+        when they hold at most FULL_DELTAS_AUTO_MAX_PARAMS (1e9) parameters.
+    top_k: layers in the `lora/top` matrix.
+    check_finite: "every_step" (default: one multi-tensor absmax over the watched outputs
+        per training forward) or "sampled" (only on sampled steps), for the first
+        non-finite module.
+    peak_flops: the device's peak FLOP/s for `speed/mfu` when it is not in the table.
+
+    Call once, before training (and before `torch.compile`); a second call replaces the
+    first. Steps are the run's step counter when a hook runs: give the step to the run
+    (`run.log`, `run.observe`, `run.losses`) before the backward pass, or the samples are
+    attributed to the previous step. Returns the handle (`.remove()` detaches
+    everything), or None if the model could not be watched (then the reason was logged
+    and training goes on). Bad arguments raise TrainspectError.
+    """
+    if not isinstance(model, nn.Module):
+        raise TrainspectError(f"expected `model` to be a torch.nn.Module, got "
+                              f"{type(model).__name__}")
+    every = run.log_every if every is None else every
+    for argument, value in (("every", every), ("top_k", top_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainspectError(f"expected `{argument}` to be a positive int, got {value!r}")
+    if check_finite not in ("every_step", "sampled"):
+        raise TrainspectError(f"expected `check_finite` to be 'every_step' or 'sampled', got "
+                              f"{check_finite!r}")
+    for name in ("lora", "grads", "hidden", "speed"):
+        owner = getattr(run.probe(name), "owner", None)
+        if isinstance(owner, Watch):
+            owner.remove()
+    handle = Watch(run, model, every)
+    try:
+        return handle.attach(lora=lora, grads=grads, hidden=hidden, speed=speed,
+                             full_deltas=full_deltas, hidden_modules=hidden_modules,
+                             top_k=top_k, check_every_step=check_finite == "every_step",
+                             peak_flops=peak_flops)
+    except TrainspectError:
+        handle.remove()
+        raise
+    except Exception as err:
+        handle.remove()
+        run._internal_error("watch", err)
+        return None
