@@ -39,7 +39,10 @@ def batch(step: int, device: str = "cpu") -> tuple:
     draft = torch.randn(B, T, P, V, generator=g)
     draft_labels = torch.randint(0, V, (B, T, P), generator=g)
     draft_labels[0, 0, 2] = -100
-    return tuple(t.to(device) for t in (ids, labels, logits, mask, draft, draft_labels))
+    tensors = (ids, labels, logits, mask, draft, draft_labels)
+    if str(device).startswith("cuda"):  # pinned + non_blocking: no sync under the debug mode
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+    return tensors
 
 
 def shard_losses(step: int, shard: int, device: str = "cpu") -> tuple[dict, dict, torch.Tensor]:
