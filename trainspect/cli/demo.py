@@ -11,6 +11,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="train a tiny Llama + LoRA on CPU with every probe on")
     parser.add_argument("--steps", type=int, default=None, help="training steps")
     parser.add_argument("--ui", action="store_true", help="serve the dashboard while training")
+    parser.add_argument("--plant-faults", action="store_true",
+                        help="add a leaking loss component, a frozen layer and a NaN burst")
     add_dir_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -25,4 +27,4 @@ def run(args: argparse.Namespace) -> int:
             f"the demo needs torch, transformers, peft and tokenizers ({err.name} is missing): "
             "pip install 'trainspect[demo]'"
         ) from err
-    return run_demo(steps=args.steps, dir=args.dir, ui=args.ui)
+    return run_demo(steps=args.steps, dir=args.dir, ui=args.ui, plant_faults=args.plant_faults)
