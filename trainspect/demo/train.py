@@ -346,7 +346,7 @@ class _Faults:
 
 def _plant_faults(model: torch.nn.Module, steps: int) -> _Faults:
     """Freeze one layer's adapters (LoRA scaling 0) and arm a NaN burst in another."""
-    faults = _Faults(nan_steps=range(steps // 2, steps // 2 + 3))
+    faults = _Faults(nan_steps=range(steps * 7 // 10, steps * 7 // 10 + 3))
     layers = [(n, m) for n, m in model.named_modules() if n.split(".")[-2:-1] == ["layers"]]
     if len(layers) < 2:
         raise TrainspectError("the demo model needs two decoder layers to plant faults in")
