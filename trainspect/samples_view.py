@@ -15,7 +15,8 @@ def _get(row: Any, name: str) -> Any:
 
 
 def _token(text: str, width: int = 14) -> str:
-    shown = repr(text)[1:-1]  # newlines and control characters stay visible
+    # newlines and control characters stay visible; blank tokens keep their quotes
+    shown = repr(text) if not text.strip() else repr(text)[1:-1]
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 

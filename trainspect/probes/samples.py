@@ -98,10 +98,12 @@ class SampleTaker:
             wall_time = time.time()
             out = []
             for b in range(k):
-                context_ids = None if seq_ids is None else [int(t) for t in seq_ids[b] if t >= 0]
-                context = self._context(namer, context_ids, cols["valid"][b], n_positions,
+                row_ids = None if seq_ids is None else [int(t) for t in seq_ids[b]]  # -1: pad
+                context = self._context(namer, row_ids, cols["valid"][b], n_positions,
                                         n_groups)
-                sample_id = _sample_id(context_ids, cols["label"][b])
+                sample_id = _sample_id(None if row_ids is None else [t for t in row_ids
+                                                                     if t >= 0],
+                                       cols["label"][b])
                 for g in range(n_groups):
                     where = np.arange(g, n_positions, n_groups)
                     positions = self._positions(namer, {f: c[b, where] for f, c in cols.items()},
@@ -124,14 +126,15 @@ class SampleTaker:
 
     def _context(self, namer: TokenNamer, ids: list[int] | None, valid: np.ndarray,
                  n_positions: int, n_groups: int) -> str:
-        """The input before the first supervised position (the prompt), decoded."""
+        """The input before the first supervised position (the prompt), decoded; `ids`
+        still hold -1 where the attention mask said padding, so positions line up."""
         if ids is None:
             return ""
         supervised = np.flatnonzero(valid > 0)
         cut = len(ids) if supervised.size == 0 else int(supervised[0]) // n_groups
         if len(ids) == n_positions // n_groups + 1:  # input_ids one longer: labels are shifted
             cut += 1
-        return namer.text(ids[:cut], self.context_chars)
+        return namer.text([t for t in ids[:cut] if t >= 0], self.context_chars)
 
     def _positions(self, namer: TokenNamer, cols: dict[str, np.ndarray], top_ids: np.ndarray,
                    top_probs: np.ndarray, times: np.ndarray) -> list[dict[str, Any]]:
