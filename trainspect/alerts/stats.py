@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainspect.text import number
+
 # MAD * 1.4826 estimates the standard deviation of normally distributed data.
 MAD_TO_SIGMA = 1.4826
 # A slope is "real" when it is at least this many standard errors from zero:
@@ -91,17 +93,7 @@ def trend(steps: np.ndarray, values: np.ndarray, *, min_points: int = 4,
     return Trend(direction, slope, t, change, n, int(x[0]), int(x[-1]))
 
 
-def num(value: float | None) -> str:
-    """A number for a message: 4 significant digits, NaN and inf spelled out."""
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4g}"
-    return f"{value:.3e}"
+num = number  # messages and tables format numbers alike
 
 
 def pct(fraction: float) -> str:

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import time
 
+from trainspect.text import number
 
-def number(value: float | None) -> str:
-    """A compact, honest rendering: NaN and inf stay visible."""
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4g}"
-    return f"{value:.3e}"
+__all__ = ["number", "table", "when"]
 
 
 def when(timestamp: float | None) -> str:

@@ -3,8 +3,6 @@ another engineer may not have wired yet (`watch`, `evaluate`), reached either wa
 
 from __future__ import annotations
 
-import functools
-import importlib
 import os
 from typing import Any
 
@@ -33,11 +31,24 @@ def fixed_eval_of(value: Any) -> Any:
                           f"{type(value).__name__}")
 
 
-def method_or_function(run: Any, name: str, module: str) -> Any:
-    """`run.<name>` if Run has it, else the module-level function behind it."""
-    method = getattr(run, name, None)
-    if callable(method):
-        return method
-    return functools.partial(getattr(importlib.import_module(module), name), run)
+def start_watching(callback: Any, model: Any) -> None:
+    """Attach `watch` (when asked) and the logits capture to `model` for `callback`."""
+    from trainspect.integrations.capture import LogitsCapture
+
+    if callback.watch:
+        options = callback.watch if isinstance(callback.watch, dict) else {}
+        callback._watch = callback.run.watch(model, **options)
+    callback.capture = LogitsCapture(callback.run, model, callback._step, stream=callback.stream,
+                                     shift=callback.shift_labels).attach()
 
 
+def stop_watching(callback: Any) -> None:
+    """Detach what `start_watching` attached and finish the run."""
+    if callback.capture is not None:
+        callback.capture.remove()
+        callback.capture = None
+    if callback._watch is not None:
+        callback._watch.remove()
+        callback._watch = None
+    if callback.run is not None:
+        callback.run.finish()

@@ -39,7 +39,12 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("trainspect.hf needs transformers: pip install 'trainspect[hf]'") from err
 
-from trainspect.integrations.callbacks import fixed_eval_of, method_or_function, positive_ints
+from trainspect.integrations.callbacks import (
+    fixed_eval_of,
+    positive_ints,
+    start_watching,
+    stop_watching,
+)
 from trainspect.integrations.capture import LogitsCapture
 
 log = logging.getLogger("trainspect.integrations.hf")
@@ -118,22 +123,10 @@ class TrainspectCallback(TrainerCallback):
         self.checkpoints = {}
         if model is None:
             return
-        if self.watch:
-            options = self.watch if isinstance(self.watch, dict) else {}
-            self._watch = method_or_function(self.run, "watch", "trainspect.probes.watch")(
-                model, **options)
-        self.capture = LogitsCapture(self.run, model, self._step, stream=self.stream,
-                                     shift=self.shift_labels).attach()
+        start_watching(self, model)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.capture is not None:
-            self.capture.remove()
-            self.capture = None
-        if self._watch is not None and hasattr(self._watch, "remove"):
-            self._watch.remove()
-            self._watch = None
-        if self.run is not None:
-            self.run.finish()
+        stop_watching(self)
 
     def _step(self) -> int:
         """The optimizer step the current forward contributes to."""
@@ -176,7 +169,7 @@ class TrainspectCallback(TrainerCallback):
         step = state.global_step
         # the Trainer evaluates before it saves: a save due at this step names these weights
         checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{step}" if control.should_save else None
-        evaluate = method_or_function(self.run, "evaluate", "trainspect.eval.evaluate")
+        evaluate = self.run.evaluate
         try:
             evaluate(model, self.fixed_eval, step=step, checkpoint=checkpoint,
                      batch_size=self.eval_batch_size)

@@ -37,7 +37,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("trainspect.lightning needs Lightning: pip install "
                       "'trainspect[lightning]'") from err
 
-from trainspect.integrations.callbacks import fixed_eval_of, method_or_function, positive_ints
+from trainspect.integrations.callbacks import (
+    fixed_eval_of,
+    positive_ints,
+    start_watching,
+    stop_watching,
+)
 from trainspect.integrations.capture import LogitsCapture
 
 
@@ -94,22 +99,10 @@ class TrainspectCallback(Callback):
         self.run = ts.init(self.project, self.name, config, self.dir, **self.init_kwargs)
         self._trainer = trainer
         self._logged = {}
-        if self.watch:
-            options = self.watch if isinstance(self.watch, dict) else {}
-            self._watch = method_or_function(self.run, "watch", "trainspect.probes.watch")(
-                pl_module, **options)
-        self.capture = LogitsCapture(self.run, pl_module, self._step, stream=self.stream,
-                                     shift=self.shift_labels).attach()
+        start_watching(self, pl_module)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.capture is not None:
-            self.capture.remove()
-            self.capture = None
-        if self._watch is not None and hasattr(self._watch, "remove"):
-            self._watch.remove()
-            self._watch = None
-        if self.run is not None:
-            self.run.finish()
+        stop_watching(self)
 
     def _step(self) -> int:
         """The optimizer step the current batch contributes to."""
@@ -168,7 +161,7 @@ class TrainspectCallback(Callback):
             return
         model = getattr(pl_module, self.eval_model) if self.eval_model else pl_module
         step = trainer.global_step
-        evaluate = method_or_function(self.run, "evaluate", "trainspect.eval.evaluate")
+        evaluate = self.run.evaluate
         try:
             evaluate(model, self.fixed_eval, step=step,
                      checkpoint=f"epoch={trainer.current_epoch}-step={step}",
