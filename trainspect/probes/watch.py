@@ -370,7 +370,8 @@ class Watch:
     def _requeue(self) -> None:
         try:  # run after callbacks queued later in this backward (DDP's reducer)
             _engine().queue_callback(self._backward_end)
-        except Exception:
+        except RuntimeError as err:  # not inside a backward any more: finish it now
+            log.debug("trainspect: could not requeue the end of backward (%s)", err)
             self._backward_end()
 
     def _backward_end(self) -> None:
