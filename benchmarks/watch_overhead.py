@@ -54,20 +54,14 @@ from trainspect.probes.watch import watch  # noqa: E402
 LOG_EVERY = 10
 
 
-def build_model(tiny: bool, full: bool, device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # observe_step beside this file
 
-    if tiny:
-        config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    else:
-        config = LlamaConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                             num_hidden_layers=24, num_attention_heads=14,
-                             num_key_value_heads=2, tie_word_embeddings=True,
-                             max_position_embeddings=2048)
-    torch.manual_seed(0)
-    dtype = torch.float32 if tiny else torch.bfloat16
-    model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
+
+def build_model(tiny: bool, full: bool, device: str):
+    """observe_step.py's 0.5B Llama (or its tiny twin), then LoRA r=16 unless `full`."""
+    from observe_step import build_model as build_llama
+
+    model, config = build_llama(tiny, device)
     if full:
         return model, config, "full fine-tune"
     try:

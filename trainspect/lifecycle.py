@@ -48,8 +48,8 @@ class _Registry:
                     run.finish(status)
                 else:
                     run.finish(status, exit_signal=signal_name)
-            except Exception:
-                log.exception("trainspect: could not finish a run at exit")
+            except Exception as err:  # finish the other runs anyway
+                log.exception("trainspect: could not finish a run at exit: %s", err)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -75,8 +75,8 @@ def api(handler: Callable[[Request], Response]) -> Callable[[Request], Response]
             return handler(request)
         except ClientError as err:
             return ok({"error": str(err)}, err.status)
-        except Exception:
-            log.exception("trainspect: dashboard request %s failed", request.url.path)
+        except Exception as err:  # opaque 500 to the client, the traceback to the log
+            log.exception("trainspect: dashboard request %s failed: %s", request.url.path, err)
             return ok({"error": "internal error (see the server log)"}, 500)
 
     return wrapped

@@ -48,8 +48,9 @@ def report_data(view: RunView, buckets: int = REPORT_BUCKETS) -> dict[str, Any]:
                 stored[param_key(params)] = panel.query(view, {**params, "buckets": str(buckets)})
             except ClientError as err:
                 log.debug("trainspect: report skips %s %s: %s", panel.name, params, err)
-            except Exception:
-                log.exception("trainspect: the %s panel failed for the report", panel.name)
+            except Exception as err:  # one broken panel must not lose the report
+                log.exception("trainspect: the %s panel failed for the report: %s",
+                              panel.name, err)
         panels[panel.name] = stored
     return {
         "panels": [{"name": p.name, "title": p.title, "overlay": p.overlay}

@@ -129,8 +129,8 @@ def start(dir: str | Path | None = None, host: str = DEFAULT_HOST, port: int = D
     def run() -> None:
         try:
             handle._server.run(sockets=[sock])
-        except Exception:
-            log.exception("trainspect: the dashboard server stopped with an error")
+        except Exception as err:
+            log.exception("trainspect: the dashboard server stopped with an error: %s", err)
         finally:
             sock.close()
 

@@ -52,3 +52,22 @@ def stop_watching(callback: Any) -> None:
         callback._watch = None
     if callback.run is not None:
         callback.run.finish()
+
+
+def hold_settings(callback: Any, project: str, name: str | None, config: Any, dir: Any, *,
+                  fixed_eval: Any, fixed_eval_every: int | None, eval_batch_size: int,
+                  watch: Any, stream: str, shift_labels: bool | None,
+                  init_kwargs: dict[str, Any]) -> None:
+    """Check and keep what both callbacks take: ts.init's arguments and their own."""
+    positive_ints(fixed_eval_every=fixed_eval_every, eval_batch_size=eval_batch_size)
+    callback.project, callback.name, callback.config, callback.dir = project, name, config, dir
+    callback.init_kwargs = init_kwargs
+    callback.fixed_eval = fixed_eval_of(fixed_eval)
+    callback.fixed_eval_every = fixed_eval_every
+    callback.eval_batch_size = eval_batch_size
+    callback.watch = watch
+    callback.stream = stream
+    callback.shift_labels = shift_labels
+    callback.run = None
+    callback.capture = None
+    callback._watch = None

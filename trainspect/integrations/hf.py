@@ -39,12 +39,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("trainspect.hf needs transformers: pip install 'trainspect[hf]'") from err
 
-from trainspect.integrations.callbacks import (
-    fixed_eval_of,
-    positive_ints,
-    start_watching,
-    stop_watching,
-)
+from trainspect.integrations.callbacks import hold_settings, start_watching, stop_watching
 from trainspect.integrations.capture import LogitsCapture
 
 log = logging.getLogger("trainspect.integrations.hf")
@@ -88,20 +83,13 @@ class TrainspectCallback(TrainerCallback):
                  eval_batch_size: int = 8, watch: bool | dict[str, Any] = True,
                  stream: str = "text", shift_labels: bool | None = None,
                  **init_kwargs: Any) -> None:
-        positive_ints(fixed_eval_every=fixed_eval_every, eval_batch_size=eval_batch_size)
-        self.project, self.name, self.config, self.dir = project, name, config, dir
-        self.init_kwargs = init_kwargs
-        self.fixed_eval = fixed_eval_of(fixed_eval)
-        self.fixed_eval_every = fixed_eval_every
-        self.eval_batch_size = eval_batch_size
-        self.watch = watch
-        self.stream = stream
-        self.shift_labels = shift_labels
-        self.run: Any = None
+        hold_settings(self, project, name, config, dir, fixed_eval=fixed_eval,
+                      fixed_eval_every=fixed_eval_every, eval_batch_size=eval_batch_size,
+                      watch=watch, stream=stream, shift_labels=shift_labels,
+                      init_kwargs=init_kwargs)
         self.capture: LogitsCapture | None = None
         self.checkpoints: dict[str, str] = {}
         self._state: Any = None
-        self._watch: Any = None
         self._eval_failed = False
 
     # ---- start and end -----------------------------------------------------------------

@@ -37,12 +37,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("trainspect.lightning needs Lightning: pip install "
                       "'trainspect[lightning]'") from err
 
-from trainspect.integrations.callbacks import (
-    fixed_eval_of,
-    positive_ints,
-    start_watching,
-    stop_watching,
-)
+from trainspect.integrations.callbacks import hold_settings, start_watching, stop_watching
 from trainspect.integrations.capture import LogitsCapture
 
 
@@ -66,20 +61,13 @@ class TrainspectCallback(Callback):
                  eval_model: str | None = None, eval_batch_size: int = 8,
                  watch: bool | dict[str, Any] = True, stream: str = "text",
                  shift_labels: bool | None = None, **init_kwargs: Any) -> None:
-        positive_ints(fixed_eval_every=fixed_eval_every, eval_batch_size=eval_batch_size)
-        self.project, self.name, self.config, self.dir = project, name, config, dir
-        self.init_kwargs = init_kwargs
-        self.fixed_eval = fixed_eval_of(fixed_eval)
-        self.fixed_eval_every = fixed_eval_every
+        hold_settings(self, project, name, config, dir, fixed_eval=fixed_eval,
+                      fixed_eval_every=fixed_eval_every, eval_batch_size=eval_batch_size,
+                      watch=watch, stream=stream, shift_labels=shift_labels,
+                      init_kwargs=init_kwargs)
         self.eval_model = eval_model
-        self.eval_batch_size = eval_batch_size
-        self.watch = watch
-        self.stream = stream
-        self.shift_labels = shift_labels
-        self.run: Any = None
         self.capture: LogitsCapture | None = None
         self._trainer: Any = None
-        self._watch: Any = None
         self._batch_step = 0
         self._seen_before = 0
         self._logged: dict[str, Any] = {}
