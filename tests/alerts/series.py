@@ -1,7 +1,7 @@
 """Synthetic metric streams for the alert tests: one healthy run, and planted faults.
 
 `healthy()` yields (step, metrics) the way a LoRA fine-tune with a draft head and an
-audio head would log them under DESIGN.md's names: per-step loss, LR (linear
+audio head would log them under docs/architecture.md's names: per-step loss, LR (linear
 warmup then cosine), gradient norm and throughput; per-flush (every 10 steps)
 token, loss-composition, LoRA, gradient, hidden-state, draft and codebook metrics;
 a fixed eval every 50 steps, all with seeded noise. Every number is chosen to be

@@ -2,7 +2,7 @@
 
 Each test draws fresh random logits, logs them through a real run, reads the stored
 metrics back and compares them with the same quantities computed in float64 from the
-same (dtype-rounded) logits, pooled exactly as DESIGN.md says: sums over the window,
+same (dtype-rounded) logits, pooled exactly as docs/architecture.md says: sums over the window,
 then ratios.
 """
 

@@ -20,7 +20,7 @@ used to index memory, so they cannot trip a device-side assert; the caller count
 On CUDA nothing here synchronises with the host (no ``.item()``, no boolean indexing,
 no data-dependent shapes), so it is safe on the training hot path.
 
-This module must import nothing else of trainspect's (DESIGN.md, "Layers"); it raises
+This module must import nothing else of trainspect's (docs/architecture.md, "Layers"); it raises
 the built-in ``ValueError``/``TypeError`` for bad arguments and lets callers wrap them.
 """
 

@@ -237,7 +237,7 @@ class TokenProbe:
 
 
 def ratios(sums: np.ndarray, calibration: np.ndarray, has_teacher: bool) -> dict[str, float]:
-    """Metrics of DESIGN.md's table from pooled sums of one group (or all groups)."""
+    """Metrics of docs/architecture.md's metric table from pooled sums of one group (or all groups)."""
     n = sums[COL["tokens"]]
     if n == 0:
         return {}
@@ -271,7 +271,7 @@ def acceptance(sums: np.ndarray) -> dict[str, float]:
     """Simulated acceptance length of a draft head, from per-position sums (G positions).
 
     `accept_len` = sum_k prod_{i<=k} acc_i, with acc_i each position's pooled accuracy
-    (the formula in DESIGN.md: it treats positions as independent). `accept_len_tokens`
+    (the formula in docs/architecture.md: it treats positions as independent). `accept_len_tokens`
     counts, per token, how many leading positions were all correct, averaged over
     tokens whose position 0 is supervised: the same quantity measured without the
     independence assumption. Both count accepted draft tokens only; add 1 for the

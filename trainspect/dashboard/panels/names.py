@@ -1,4 +1,4 @@
-"""The metric-name contract of DESIGN.md, parsed: token streams, groups, fixed families.
+"""The metric-name contract of docs/architecture.md, parsed: token streams, groups, fixed families.
 
 `<stream>/<metric>` and `<stream>/<group><i>/<metric>` are token metrics when the
 metric is one the token probe writes and the first segment is not one of the
