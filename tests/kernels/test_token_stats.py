@@ -21,16 +21,16 @@ from tests.kernels.helpers import (
     random_logits,
     reference,
     run,
+    vocab_for,
 )
 from trainspect.kernels import row_stats
-from trainspect.kernels.token_stats import valid_rows
 from trainspect.kernels.token_stats_torch import rows_per_chunk
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("vocab", [1000, 32001])
 def test_matches_float64_reference(backend, gen, dtype, vocab):
-    n = n_rows(backend, 24)
+    n, vocab = n_rows(backend, 24), vocab_for(backend, vocab)
     logits = random_logits(gen, n, vocab, dtype)
     labels = random_labels(gen, n, vocab)
     got = run(backend, logits, labels)
@@ -56,13 +56,13 @@ def test_teacher_kl_alpha_agreement(backend, gen, dtype):
 
 
 def test_planted_ties_pick_first_index(backend, gen):
-    n, vocab = n_rows(backend, 6), 32001
+    n, vocab = n_rows(backend, 6), vocab_for(backend, 32001)
     logits = random_logits(gen, n, vocab, torch.bfloat16)
     top = logits.float().max().item() + 1.0
-    # Ties within one block, across blocks in the same lane (a multiple of 4096 and of
+    # Ties within one block, across blocks in the same lane (a multiple of 2048 and of
     # 128 apart) and across lanes; the first occurrence is not always the smallest lane.
-    plants = [[7, 7 + 4096, 20000], [5000, 904, 904 + 128], [31999, 32000],
-              [0, 1], [4095, 4096], [32000, 100]]
+    plants = [[7, 7 + 2048, vocab - 50], [vocab // 3, 904, 904 + 128], [vocab - 2, vocab - 1],
+              [0, 1], [511, 512], [vocab - 1, 100]]
     for row, cols in enumerate(plants[:n]):
         logits[row, cols] = top
     labels = torch.tensor([c[0] for c in plants[:n]])
@@ -108,7 +108,7 @@ def test_all_ignored_batch(backend, gen):
 
 
 def test_one_token_and_empty_batch(backend, gen):
-    logits = random_logits(gen, 1, 32001, torch.bfloat16)
+    logits = random_logits(gen, 1, vocab_for(backend, 32001), torch.bfloat16)
     labels = torch.tensor([17])
     got = run(backend, logits, labels)
     assert_matches(got, reference(logits, labels), backend[1], gen.initial_seed())
@@ -174,19 +174,28 @@ def test_torch_chunking_invariance(gen, device):
 
 @interpret
 @pytest.mark.parametrize("config", [(16, 1, 1), (128, 4, 1), (256, 2, 3)])
-def test_interpret_block_configs_agree(gen, config):
-    """Several blocks per row with a ragged tail (V = 1000), under the interpreter."""
+def test_interpret_long_rows_of_several_block_configs(gen, config, monkeypatch):
+    """Long rows (forced at V = 1000) in blocks with a ragged tail, with a teacher, a
+    soft cap and the gradient, for several block configurations."""
+    from trainspect.kernels import token_stats_triton
     from trainspect.kernels.token_stats_triton import TritonConfig, row_stats_triton
 
-    n, vocab = 5, 1000
+    monkeypatch.setattr(token_stats_triton, "SHORT_MAX_VOCAB", 0)
+    n, vocab = 4, 1000
     logits = random_logits(gen, n, vocab, torch.bfloat16)
     target = random_logits(gen, n, vocab, torch.bfloat16)
     logits[0, [3, 3 + config[0], 700]] = 40.0  # ties in one lane across blocks
     labels = random_labels(gen, n, vocab)
-    valid, safe = valid_rows(labels, vocab, -100)
-    got = row_stats_triton(logits, safe, valid, target_logits=target,
-                           config=TritonConfig(*config))
-    assert_matches(got, reference(logits, labels, target), "cpu", gen.initial_seed())
+    grad = torch.empty(n, vocab)
+    got = row_stats_triton(logits, labels, target_logits=target, grad_out=grad,
+                           logit_softcap=50.0, config=TritonConfig(*config))
+    want = row_stats(logits, labels, target_logits=target, grad_out=(ref := torch.empty(
+        n, vocab)), logit_softcap=50.0, backend="torch")
+    for name in ("valid", "finite", "argmax", "teacher_argmax", "conf", "ce", "entropy", "kl",
+                 "alpha", "label_prob"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5,
+                                   atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    torch.testing.assert_close(grad, ref, rtol=0, atol=2e-6)
 
 
 def test_bad_arguments_raise_clear_errors():

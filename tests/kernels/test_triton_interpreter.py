@@ -20,7 +20,7 @@ from tests.kernels.helpers import INTERPRETING
 
 REPO = Path(__file__).resolve().parents[2]
 # Every file with interpreter cases; the child runs only those (-k interpret).
-FILES = ["tests/kernels"]
+FILES = ["tests/kernels", "tests/probes/test_tokens_fused.py"]
 
 
 @pytest.mark.skipif(INTERPRETING, reason="this process already interprets")

@@ -232,12 +232,12 @@ def test_state_is_fixed_size_and_logits_are_not_kept(runs):
 
 @pytest.mark.parametrize("cut", ["start", "end", "both"])
 def test_sliced_sequences_use_one_padded_view_and_match(runs, cut):
-    from trainspect.probes.tokens import _padded_rows
+    from trainspect.probes.token_layout import padded_rows
 
     logits, labels = random_batch((3, 10, 2), 33, torch.float32, "cpu", seed=13)
     teacher = torch.randn(logits.shape)
     part = {"start": slice(1, None), "end": slice(None, -1), "both": slice(2, -3)}[cut]
-    view, _, _ = _padded_rows(logits[:, part], teacher[:, part], 2)
+    view, _, _ = padded_rows(logits[:, part], teacher[:, part], 2)
     assert view.data_ptr() == logits[:, part].data_ptr()  # a view, not a copy
     with ts.init(project="p") as run:
         run.observe(1, logits[:, part], labels[:, part], target_logits=teacher[:, part],

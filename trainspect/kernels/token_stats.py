@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "RowStats", "resolve_backend", "row_stats", "triton_available"]
+__all__ = ["BACKENDS", "RowStats", "check_arguments", "resolve_backend", "row_stats",
+           "triton_available", "valid_rows"]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -218,6 +219,22 @@ def _check_gradient_args(
                              f"got {grad_scale!r}")
 
 
+def check_arguments(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    target_logits: Tensor | None = None,
+    mask: Tensor | None = None,
+    max_workspace_bytes: int | None = None,
+    grad_out: Tensor | None = None,
+    logit_softcap: float | None = None,
+    grad_scale: float | Tensor | None = None,
+) -> None:
+    """Raise one clear ValueError/TypeError naming the argument of `row_stats` that is off."""
+    _check_inputs(logits, labels, target_logits, mask, max_workspace_bytes)
+    _check_gradient_args(logits, target_logits, grad_out, logit_softcap, grad_scale)
+
+
 def _same_memory(a: Tensor, b: Tensor) -> bool:
     """True when the two tensors' storages are the same (a cheap, conservative check)."""
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
@@ -261,18 +278,21 @@ def row_stats(
     Returns:
         RowStats of 1-D tensors of length N on ``logits.device``.
     """
-    _check_inputs(logits, labels, target_logits, mask, max_workspace_bytes)
-    _check_gradient_args(logits, target_logits, grad_out, logit_softcap, grad_scale)
+    check_arguments(logits, labels, target_logits=target_logits, mask=mask,
+                    max_workspace_bytes=max_workspace_bytes, grad_out=grad_out,
+                    logit_softcap=logit_softcap, grad_scale=grad_scale)
     chosen = resolve_backend(backend, logits.device)
-    valid, safe_labels = valid_rows(labels, logits.shape[1], ignore_index, mask)
     cap = None if logit_softcap is None else float(logit_softcap)
     # Backends import this module (for RowStats), so they are imported here, not at the top.
     if chosen == "triton":
         from .token_stats_triton import row_stats_triton
 
-        return row_stats_triton(logits, safe_labels, valid, target_logits=target_logits,
-                                grad_out=grad_out, logit_softcap=cap, grad_scale=grad_scale)
+        return row_stats_triton(logits, labels, mask=mask, ignore_index=ignore_index,
+                                target_logits=target_logits, grad_out=grad_out,
+                                logit_softcap=cap, grad_scale=grad_scale)
     from .token_stats_torch import row_stats_torch
+
+    valid, safe_labels = valid_rows(labels, logits.shape[1], ignore_index, mask)
 
     return row_stats_torch(
         logits, safe_labels, valid, target_logits=target_logits,

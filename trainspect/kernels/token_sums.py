@@ -44,7 +44,7 @@ COL = {name: i for i, name in enumerate(SUMS)}
 # Per-stream counters.
 COUNTERS = (
     "calls",  # observe calls (a chunked call counts once, at its last chunk)
-    "empty_calls",  # calls with no supervised token
+    "empty_calls",  # calls with no supervised (valid) row
     "bad_labels",  # labels outside [0, V) that are not ignore_index (and not masked out)
     "teacher_calls",  # calls with target_logits
     "nonfinite_rows",  # valid rows left out because their logits were not finite
@@ -133,7 +133,7 @@ def accumulate_rows(
     bad = (raw != ignore_index) & ((raw < 0) | (raw >= vocab_size))
     if mask is not None:
         bad &= mask.to(torch.bool)
-    tokens = group_sums[:, COL["tokens"]].sum()
+    tokens = stats.valid.sum().to(f64)  # supervised rows, finite or not: "empty" = none
     scratch[CTR_SCRATCH_TOKENS] += tokens
     one = torch.ones_like(tokens)
     add = [one * 0, one * 0, bad.sum().to(f64), one * 0,

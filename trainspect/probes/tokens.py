@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from trainspect.kernels.token_sums import COL, COUNTERS, CTR, N_BINS, SUMS
+from trainspect.probes.token_layout import fold_triton_batch, pad_like, padded_rows, row_blocks
 from trainspect.records import Alert, Matrix, Scalar
 
 
@@ -45,8 +46,9 @@ class TokenProbe:
 
     name = "tokens"
 
-    def __init__(self, ema_span_steps: int = 300) -> None:
+    def __init__(self, ema_span_steps: int = 300, backend: str = "auto") -> None:
         self.streams: dict[str, StreamState] = {}
+        self.backend = backend  # "auto": the Triton kernel on CUDA, the torch path elsewhere
         # EMA weight per step for a span of N steps, as pandas' `ewm(span=N)`.
         self.ema_alpha_per_step = 2.0 / (ema_span_steps + 1)
 
@@ -55,21 +57,33 @@ class TokenProbe:
     def update(self, stream: str, group: str | None, logits: Any, labels: Any, mask: Any,
                target_logits: Any, ignore_index: int = -100) -> None:
         """Add one batch. Shapes are checked by the caller; (..., G, V) when grouped."""
-        from trainspect.kernels.token_stats import row_stats
-        from trainspect.kernels.token_sums import accumulate_rows
+        from trainspect.kernels.token_stats import resolve_backend
 
         vocab = logits.shape[-1]
         n_groups = logits.shape[-2] if group else 1
         state = self._state(stream, group, n_groups, vocab, logits.device)
-        padded = _padded_rows(logits, target_logits, n_groups)
+        if resolve_backend(self.backend, logits.device) == "triton":
+            fold_triton_batch(logits, labels, mask, target_logits, n_groups,
+                              self._tensors(state), ignore_index, True)
+        else:
+            self._update_torch(state, logits, labels, mask, target_logits, n_groups,
+                               ignore_index)
+
+    def _update_torch(self, state: StreamState, logits: Any, labels: Any, mask: Any,
+                      target_logits: Any, n_groups: int, ignore_index: int) -> None:
+        """The torch path: per-row statistics of 2-D views, then the torch fold."""
+        from trainspect.kernels.token_stats import row_stats
+        from trainspect.kernels.token_sums import accumulate_rows
+
+        padded = padded_rows(logits, target_logits, n_groups)
         if padded is not None:  # e.g. logits[:, :-1]: one 2-D view with gap rows, ignored
             rows, teacher, row_strides = padded
             blocks = [(rows, teacher)]
-            label_rows = _pad_like(labels, row_strides, rows.shape[0], ignore_index)
-            mask_rows = None if mask is None else _pad_like(mask, row_strides, rows.shape[0],
-                                                            False)
+            label_rows = pad_like(labels, row_strides, rows.shape[0], ignore_index)
+            mask_rows = None if mask is None else pad_like(mask, row_strides, rows.shape[0],
+                                                           False)
         else:
-            blocks = _row_blocks(logits, target_logits)  # (n_i, V) views, no copy
+            blocks = row_blocks(logits, target_logits)  # (n_i, V) views, no copy
             label_rows = labels.reshape(-1)
             mask_rows = None if mask is None else mask.reshape(-1)
         start = 0
@@ -78,29 +92,32 @@ class TokenProbe:
             block_labels = label_rows[start:stop]
             block_mask = None if mask_rows is None else mask_rows[start:stop]
             stats = row_stats(block, block_labels, target_logits=teacher_block,
-                              mask=block_mask, ignore_index=ignore_index)
+                              mask=block_mask, ignore_index=ignore_index, backend="torch")
             accumulate_rows(self._tensors(state), stats, block_labels, block_mask, n_groups,
-                            ignore_index, vocab, last_chunk=i == len(blocks) - 1)
+                            ignore_index, logits.shape[-1], last_chunk=i == len(blocks) - 1)
             start = stop
 
     def observe_rows(self, stream: str, logits: Any, labels: Any, *, mask: Any = None,
                      target_logits: Any = None, ignore_index: int = -100,
                      grad_out: Any = None, logit_softcap: float | None = None,
                      grad_scale: Any = None, last_chunk: bool = True,
-                     backend: str = "auto") -> Any:
+                     backend: str | None = None) -> Any:
         """Fold one chunk of rows (N, V) with labels (N,) into `stream`; return its RowStats.
 
         The entry point of a fused linear cross-entropy (docs/architecture.md, "The
         row-statistics core"): the same pass gives the per-row statistics (ce for the
         loss, `finite`, ...), writes the gradient into `grad_out` when given, and folds
-        every row into the stream's sums exactly as `update` does. `last_chunk=False`
-        says more chunks of the same batch follow; the batch is counted as one call
-        (calls, empty batches, teacher calls) at its last chunk. Raises ValueError for
-        a stream first observed with a different layout.
+        every row into the stream's sums exactly as `update` does (on CUDA, in the same
+        launch). `last_chunk=False` says more chunks of the same batch follow; the batch
+        is counted as one call (calls, empty batches, teacher calls) at its last chunk.
+        Raises ValueError for bad arguments or a stream first observed with another
+        layout.
         """
-        from trainspect.kernels.token_stats import row_stats
+        from trainspect.kernels.token_stats import check_arguments, resolve_backend, row_stats
         from trainspect.kernels.token_sums import accumulate_rows
 
+        check_arguments(logits, labels, target_logits=target_logits, mask=mask,
+                        grad_out=grad_out, logit_softcap=logit_softcap, grad_scale=grad_scale)
         vocab = logits.shape[-1]
         known = self.streams.get(stream)
         if known is not None and (known.group is not None or known.vocab_size != vocab):
@@ -108,8 +125,17 @@ class TokenProbe:
                              f"{known.group!r} and V={known.vocab_size}; rows of V={vocab} "
                              f"need a stream of their own")
         state = self._state(stream, None, 1, vocab, logits.device)
+        chosen = resolve_backend(backend or self.backend, logits.device)
+        if chosen == "triton":
+            from trainspect.kernels.token_stats_triton import row_stats_triton
+
+            return row_stats_triton(
+                logits, labels, mask=mask, ignore_index=ignore_index,
+                target_logits=target_logits, grad_out=grad_out,
+                logit_softcap=None if logit_softcap is None else float(logit_softcap),
+                grad_scale=grad_scale, fold=self._tensors(state), last_chunk=last_chunk)
         stats = row_stats(logits, labels, target_logits=target_logits, mask=mask,
-                          ignore_index=ignore_index, backend=backend, grad_out=grad_out,
+                          ignore_index=ignore_index, backend="torch", grad_out=grad_out,
                           logit_softcap=logit_softcap, grad_scale=grad_scale)
         accumulate_rows(self._tensors(state), stats, labels, mask, 1, ignore_index, vocab,
                         last_chunk=last_chunk)
@@ -293,76 +319,3 @@ def acceptance(sums: np.ndarray) -> dict[str, float]:
         "accept_len": float(np.cumprod(acc).sum()),
         "accept_len_tokens": float(sums[:, COL["chain_correct"]].sum() / tokens[0]),
     }
-
-
-def _padded_rows(logits: Any, target: Any, n_groups: int) -> tuple[Any, Any, list[int]] | None:
-    """A 2-D (rows, V) view over a sliced tensor, with the rows the slice skipped left in.
-
-    `logits[:, :-1]` of a contiguous (B, T, V) tensor has no 2-D view, but its rows sit
-    at a constant stride in memory: viewed as (B*T - 1, V), it is the sliced tensor plus
-    one skipped row per sequence. Those gap rows get the ignore label and cost the
-    kernel next to nothing, and the pass stays one launch over all rows. Returns the
-    view, the teacher's matching view, and each leading axis's stride in rows; None
-    when the layout does not allow it (then the caller splits along the first axis).
-    """
-    if logits.dim() < 3 or logits.stride(-1) != 1 or min(logits.stride()[:-1]) <= 0:
-        return None  # e.g. expanded (stride-0) logits: split along the first axis instead
-    row = logits.stride(-2)
-    strides = [st // row for st in logits.stride()[:-1]]
-    if row < logits.shape[-1] or any(st % row for st in logits.stride()[:-1]):
-        return None
-    for outer, inner, extent in zip(strides, strides[1:], logits.shape[1:-1]):
-        if inner == 0 or outer % inner or outer // inner < extent:
-            return None
-    if n_groups > 1 and logits.dim() >= 4 and strides[-2] != n_groups:
-        return None  # the group axis itself is sliced: row % G would not be the group
-    if target is not None and (target.stride() != logits.stride()):
-        return None
-    n_rows = 1 + sum((d - 1) * st for d, st in zip(logits.shape[:-1], strides))
-    if n_groups > 1 and n_rows % n_groups:
-        return None
-
-    def view(x: Any) -> Any:
-        return x.as_strided((n_rows, x.shape[-1]), (row, 1), x.storage_offset())
-
-    return view(logits), None if target is None else view(target), strides
-
-
-def _pad_like(values: Any, row_strides: list[int], n_rows: int, fill: Any) -> Any:
-    """`values` (the leading shape of the logits) laid out at the padded view's rows."""
-    import torch
-
-    size = values.shape[0] * row_strides[0]
-    padded = torch.full((size,), fill, dtype=values.dtype, device=values.device)
-    padded.as_strided(tuple(values.shape), tuple(row_strides)).copy_(values)
-    return padded[:n_rows]
-
-
-def _row_blocks(logits: Any, target: Any) -> list[tuple[Any, Any]]:
-    """(..., V) as 2-D row blocks without copying: one view if possible, else per slice.
-
-    `logits[:, :-1]` of a contiguous (B, T, V) tensor has no 2-D view; reshaping it
-    would copy the whole tensor, so it is split along its first axis instead. The
-    teacher's logits are split the same way, whatever their own strides.
-    """
-    vocab = logits.shape[-1]
-    try:
-        return [(logits.view(-1, vocab), None if target is None else target.view(-1, vocab))]
-    except RuntimeError:
-        if logits.dim() <= 2:
-            return [(logits.reshape(-1, vocab), None if target is None else
-                     target.reshape(-1, vocab))]
-        return [pair for i in range(logits.shape[0])
-                for pair in _row_blocks(logits[i], None if target is None else target[i])]
-
-
-def _cat(parts: list[Any]) -> Any:
-    import torch
-
-    from trainspect.kernels.token_stats import RowStats
-
-    def join(name: str) -> Any:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat(values)
-
-    return RowStats(**{name: join(name) for name in RowStats.__dataclass_fields__})
