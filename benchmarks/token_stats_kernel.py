@@ -88,7 +88,7 @@ def bench_ms(fn: Callable[[], object], cuda: bool, rep_ms: int = 100) -> float:
 
         return float(do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
     times = []
-    for _ in range(5):
+    for _ in range(3):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
@@ -182,30 +182,37 @@ def free() -> None:
 
 
 def fixed_cost(cuda: bool) -> dict:
-    """A call on tiny logits: what every observe costs whatever its size."""
+    """A call on tiny logits: what every observe costs whatever its size, with and without
+    the direct launch of an already compiled kernel."""
     device = "cuda" if cuda else "cpu"
     x = torch.randn(1, 16, 32, device=device)
     y = torch.randint(0, 32, (1, 16), device=device)
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        run = ts.init(project="bench", dir=tmp, log_every=10**9, samples_every=10**9)
-        run.observe(1, x, y)
-        if cuda:
-            out["observe_device_ms"] = bench_ms(lambda: run.observe(1, x, y), True)
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(500):
+    for fast in (True, False):
+        tst.FAST_LAUNCH = fast
+        tag = "direct launch" if fast else "through triton"
+        with tempfile.TemporaryDirectory() as tmp:
+            run = ts.init(project="bench", dir=tmp, log_every=10**9, samples_every=10**9)
             run.observe(1, x, y)
-        if cuda:
-            torch.cuda.synchronize()
-        out["observe_host_us"] = (time.perf_counter() - start) / 500 * 1e6
-        run.finish()
+            run.observe(1, x, y)
+            if cuda:
+                out[f"observe, device ms ({tag})"] = bench_ms(lambda r=run: r.observe(1, x, y),
+                                                              True)
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(500):
+                run.observe(1, x, y)
+            if cuda:
+                torch.cuda.synchronize()
+            out[f"observe, host us per call ({tag})"] = (time.perf_counter() - start) / 500 * 1e6
+            run.finish()
         if cuda:
             state = new_state(1, torch.device(device))
             flat_x, flat_y = x.view(-1, 32), y.view(-1)
             tst.fold_triton(flat_x, flat_y, None, None, 1, state)
-            out["kernel_launch_ms"] = bench_ms(
-                lambda: tst.fold_triton(flat_x, flat_y, None, None, 1, state), True)
+            out[f"fold kernel alone, device ms ({tag})"] = bench_ms(
+                lambda a=flat_x, b=flat_y, s=state: tst.fold_triton(a, b, None, None, 1, s), True)
+    tst.FAST_LAUNCH = True
     return out
 
 
@@ -312,8 +319,15 @@ def ts_row_stats(x, y, workspace=None):
     return row_stats(x, y, backend="torch", max_workspace_bytes=workspace)
 
 
+CPU_CHUNKS = (2**14, 2**16, 2**18)  # elements per thread of a chunk of the CPU path
+
+
 def cpu_rows(tiny: bool) -> list[dict]:
-    """CPU: observe (the torch path) against F.cross_entropy's forward on [4, 512, V]."""
+    """CPU: observe (the torch path) against F.cross_entropy's forward on [4, 512, V], for
+    a few chunk sizes of the torch path (the default is token_stats_torch's)."""
+    from trainspect.kernels import token_stats_torch
+
+    default = token_stats_torch.CPU_CHUNK_ELEMENTS_PER_THREAD
     rows = []
     shapes = [(torch.float32, 1000)] if tiny else CPU_SHAPES
     for dtype, vocab in shapes:
@@ -324,15 +338,22 @@ def cpu_rows(tiny: bool) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             run = ts.init(project="bench", dir=tmp, log_every=10**9, samples_every=10**9)
             run.observe(1, x, y)
-            ce_times, ob_times = [], []
-            for _ in range(3 if tiny else 7):  # alternate, so drift hits both alike
-                ce_times.append(bench_ms(lambda x=x, y=y, v=vocab: F.cross_entropy(
+            times: dict = {"ce": []}
+            for _ in range(3):  # alternate, so drift hits all alike
+                times["ce"].append(bench_ms(lambda x=x, y=y, v=vocab: F.cross_entropy(
                     x.view(-1, v), y.view(-1)), False))
-                ob_times.append(bench_ms(lambda x=x, y=y, r=run: r.observe(1, x, y), False))
+                for chunk in CPU_CHUNKS:
+                    token_stats_torch.CPU_CHUNK_ELEMENTS_PER_THREAD = chunk
+                    times.setdefault(chunk, []).append(
+                        bench_ms(lambda x=x, y=y, r=run: r.observe(1, x, y), False))
+            token_stats_torch.CPU_CHUNK_ELEMENTS_PER_THREAD = default
             run.finish()
-        ce, ob = statistics.median(ce_times), statistics.median(ob_times)
-        rows.append({"dtype": str(dtype).replace("torch.", ""), "vocab": vocab,
-                     "f_ce_ms": ce, "observe_ms": ob, "ratio": ob / ce})
+        ce = statistics.median(times["ce"])
+        row = {"dtype": str(dtype).replace("torch.", ""), "vocab": vocab, "f_ce_ms": ce,
+               "observe_ms": statistics.median(times[default])}
+        row["ratio"] = row["observe_ms"] / ce
+        row["by_chunk"] = {c: statistics.median(times[c]) / ce for c in CPU_CHUNKS}
+        rows.append(row)
     return rows
 
 
@@ -360,7 +381,7 @@ def print_tables(res: dict) -> None:
     if res.get("fixed"):
         print("\n== fixed cost of one call (tiny logits) ==")
         for k, v in res["fixed"].items():
-            print(f"{k:<28}{v:10.4f}")
+            print(f"{k:<50}{v:10.4f}")
     for key, title in (("kernel", "kernel alone / fold, launch configurations"),
                        ("teacher", "teacher configurations (fold)")):
         if res.get(key):
@@ -381,9 +402,12 @@ def print_tables(res: dict) -> None:
     if res.get("cpu"):
         print(f"\n== CPU ({res.get('cpu_threads')} threads): observe vs F.cross_entropy "
               f"forward, [4, 512, V] ==")
+        print(f"{'dtype':<10}{'V':>8}{'F.ce ms':>10}{'observe':>10}{'ratio':>8}   ratio by "
+              f"chunk elements per thread {list(CPU_CHUNKS)}")
         for r in res["cpu"]:
+            by = "  ".join(f"{v:.2f}" for v in r["by_chunk"].values())
             print(f"{r['dtype']:<10}{r['vocab']:>8}{r['f_ce_ms']:10.2f}{r['observe_ms']:10.2f}"
-                  f"{r['ratio']:8.2f}x")
+                  f"{r['ratio']:8.2f}x  {by}")
 
 
 def main(argv: list[str] | None = None) -> int:

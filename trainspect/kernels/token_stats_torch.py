@@ -16,10 +16,10 @@ N. Per chunk, with z the (soft-capped) logits as fp32:
   ``grad_scale``; written into ``grad_out`` (the logits themselves may be given: a
   chunk's logits are fully read before its gradient is written).
 
--inf logits: 0 * -inf would make d NaN. On CUDA y is clamped at -1e30 first (exp gives
-exactly 0 there); on the CPU the rare rows where that happened are redone clamped. A
-row whose log-normaliser is not finite (a NaN or +inf logit, or every logit -inf)
-gives NaN in every float field and ``finite`` False.
+-inf logits: 0 * -inf would make d NaN. On CUDA d is a ``nansum`` (a NaN logit still
+shows: it makes s NaN); on the CPU the rare rows where it happened are redone with y
+clamped at -1e30. A row whose log-normaliser is not finite (a NaN or +inf logit, or
+every logit -inf) gives NaN in every float field and ``finite`` False.
 
 - On the CPU the host decides per chunk: a chunk with no supervised row is skipped, a
   mostly unsupervised one gathers its valid rows, the rest are read as slices.
@@ -89,10 +89,12 @@ def max_and_argmax(z: Tensor) -> tuple[Tensor, Tensor]:
     return m.float(), start + inner
 
 
-def _row_dot(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+def _row_dot(a: Tensor, b: Tensor, out: Tensor | None = None, nan_as_zero: bool = False
+             ) -> Tensor:
     """sum_v a * b per row (C,), the product formed in ``out`` and summed by torch.sum's
     cascade (a BLAS dot accumulates in order and lost 1e-5 of entropy at V = 32k)."""
-    return torch.mul(a, b, out=out).sum(dim=-1)
+    product = torch.mul(a, b, out=out)
+    return product.nansum(dim=-1) if nan_as_zero else product.sum(dim=-1)
 
 
 class _Workspace:
@@ -107,10 +109,11 @@ class _Workspace:
 def _shifted(x: Tensor, cap: float | None, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y = z - max in ``y``, max, argmax, z_label source) for rows x (C, V).
 
-    z is x as fp32 (soft-capped with a cap). An fp32 x is read in place by the max and
-    the subtraction; any other dtype is converted into ``y`` once and shifted there.
+    z is x as fp32 (soft-capped with a cap). Without a cap, the max is read from x itself
+    and the subtraction writes fp32 into ``y``, except for a non-fp32 x on the CPU, where
+    reductions of bf16/fp16 are slow: x is converted into ``y`` once and shifted there.
     """
-    if cap is None and x.dtype == torch.float32:
+    if cap is None and (x.dtype == torch.float32 or x.device.type != "cpu"):
         m, argmax = max_and_argmax(x)
         torch.sub(x, m[:, None], out=y)
         return y, m, argmax, x
@@ -136,12 +139,12 @@ def _chunk_stats(
     y, m, argmax, z_src = _shifted(x, cap, ws.y[:c])
     z_label = z_src.gather(1, labels[:, None]).squeeze(1).float()
     del z_src
-    if not host:  # on CUDA no data-dependent branch: clamp -inf so that 0 * -inf never forms
-        y.clamp_min_(Y_FLOOR)
     e = torch.exp(y, out=ws.e[:c])
     s = e.sum(dim=-1)
-    d = _row_dot(e, y, ws.prod[:c])  # sum e * y
-    if host:  # 0 * -inf = NaN on rows with a -inf logit (finite s): redo those rows clamped
+    # sum e * y; a -inf logit gives 0 * -inf = NaN there. On CUDA nansum drops those terms
+    # with no data-dependent branch (a NaN logit still makes the row NaN: s is NaN then).
+    d = _row_dot(e, y, ws.prod[:c], nan_as_zero=not host)
+    if host:  # on the CPU the rare rows with a -inf logit are redone, clamped
         redo = (d.isnan() & ~s.isnan()).nonzero().squeeze(1)
         if redo.numel():
             y.index_copy_(0, redo, y.index_select(0, redo).clamp_min_(Y_FLOOR))

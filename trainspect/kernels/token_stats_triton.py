@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -73,7 +73,8 @@ class TritonConfig:
     num_stages: int = 2
     """Software-pipelining depth of the loop over the row."""
     programs_per_sm: int = 0
-    """Programs of the persistent grid per multiprocessor; 0: as many as fit (64 warps)."""
+    """Programs of the persistent grid per multiprocessor; 0: as many as can be resident
+    (by the compiled kernel's registers); -1: one program per token (not persistent)."""
 
     def __post_init__(self) -> None:
         if self.block_v < 16 or self.block_v & (self.block_v - 1):
@@ -82,17 +83,18 @@ class TritonConfig:
             raise ValueError(f"expected `num_warps` in 1, 2, 4, 8, 16, 32, got {self.num_warps}")
         if self.num_stages < 1:
             raise ValueError(f"expected `num_stages` >= 1, got {self.num_stages}")
-        if self.programs_per_sm < 0:
-            raise ValueError(f"expected `programs_per_sm` >= 0, got {self.programs_per_sm}")
+        if self.programs_per_sm < -1:
+            raise ValueError(f"expected `programs_per_sm` >= -1, got {self.programs_per_sm}")
 
 
 DEFAULT_CONFIG = TritonConfig()
-TEACHER_CONFIG = TritonConfig(block_v=2048, num_warps=8, num_stages=2, programs_per_sm=2)
+TEACHER_CONFIG = TritonConfig()
 BENCH_CONFIGS = (
     TritonConfig(512, 2, 2),
     TritonConfig(1024, 4, 2),
-    TritonConfig(2048, 8, 2),
-    TritonConfig(512, 2, 2, programs_per_sm=8),
+    TritonConfig(512, 2, 2, programs_per_sm=-1),
+    TritonConfig(1024, 4, 2, programs_per_sm=-1),
+    TritonConfig(512, 2, 3),
 )
 
 
@@ -135,18 +137,48 @@ def _merge_lead(sizes: tuple[int, ...], strides: list[tuple[int, ...]]
     return merged
 
 
-def _launch(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | None,
-            grad: Tensor | None, n_groups: int, ignore_index: int, *,
-            rows: dict[str, Tensor] | None, fold: tuple[Tensor, ...] | None, last_chunk: bool,
-            cap: float | None, grad_scale: float | Tensor | None,
-            config: TritonConfig | None) -> bool:
-    """One launch over logits (*lead, [G], V); False when the layout has too many axes."""
+@dataclass
+class _Plan:
+    """What a layout needs to launch, computed once per layout (shapes, strides, flags)."""
+
+    ints: tuple  # n_tokens, D1, D2, V, ignore_index and the five tensors' strides
+    constexprs: tuple  # G ... EVICT_PASS1, in the kernel's order
+    n_tokens: int
+    num_warps: int
+    num_stages: int
+    per_sm: int  # programs per multiprocessor of the persistent grid; -1: one per token
+    device: int
+    programs: int = 0  # the grid, once known
+    compiled: dict = field(default_factory=dict)  # pointer alignments -> compiled kernel
+
+
+_PLANS: dict = {}
+FAST_LAUNCH = True
+"""Launch a compiled kernel directly once its specialisation is known (Triton's own
+dispatch costs tens of microseconds per call); off, every launch goes through Triton."""
+MAX_PROGRAMS_PER_SM = 32  # the hardware's resident-block limit on sm_80 / sm_90
+
+
+def _tensor_key(t: Tensor | None) -> tuple:
+    return () if t is None else (t.dtype, t.shape, t.stride())
+
+
+def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | None,
+          grad: Tensor | None, n_groups: int, ignore_index: int, flags: tuple,
+          cap: float | None, config: TritonConfig | None) -> _Plan | None:
+    """The launch plan of a layout, cached; None when the leading axes do not merge."""
+    key = (_tensor_key(logits), _tensor_key(labels), _tensor_key(mask), _tensor_key(target),
+           _tensor_key(grad), n_groups, ignore_index, flags, cap is not None, config,
+           logits.device)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
     n_lead = logits.dim() - (2 if n_groups > 1 else 1)
     vocab = logits.shape[-1]
     parts = [logits, labels] + [t for t in (mask, target, grad) if t is not None]
     merged = _merge_lead(tuple(logits.shape[:n_lead]), [t.stride()[:n_lead] for t in parts])
     if merged is None:
-        return False
+        return None
     n_tokens = merged[0][0] * merged[1][0] * merged[2][0]
     lead = {id(t): [m[1][i] for m in merged] for i, t in enumerate(parts)}
 
@@ -156,47 +188,112 @@ def _launch(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor 
         group = [t.stride(n_lead)] if n_groups > 1 else [0]
         return lead[id(t)] + group + ([t.stride(-1)] if with_vocab else [])
 
-    g_pad = _pow2_at_least(n_groups)
+    has_mask, has_target, has_grad, scale_dtype, store_rows, fold, end_call = flags
+    scale_ptr = scale_dtype is not False
     main = _pow2_at_most(vocab)
     tail = 0 if main == vocab else max(16, _pow2_at_least(vocab - main))
     short = vocab <= SHORT_MAX_VOCAB
-    cfg = (TEACHER_CONFIG if target is not None else DEFAULT_CONFIG) if config is None else config
+    cfg = (TEACHER_CONFIG if has_target else DEFAULT_CONFIG) if config is None else config
     if short:  # one 16-byte load of bf16 per thread for the main piece, at most 8 warps
-        num_warps = max(1, min(8, main // 256))
-        num_stages = 1
+        num_warps, num_stages, per_sm = max(1, min(8, main // 256)), 1, 0
     else:
-        num_warps, num_stages = cfg.num_warps, cfg.num_stages
-    if _interpreting() or logits.device.type != "cuda":
-        programs = min(max(n_tokens, 1), 3)  # several, so the fold's ticket is exercised
-    else:
-        per_sm = cfg.programs_per_sm if cfg.programs_per_sm and not short else max(
-            1, 64 // num_warps)
-        programs = min(max(n_tokens, 1), _multiprocessors(logits.device.index or 0) * per_sm)
+        num_warps, num_stages, per_sm = cfg.num_warps, cfg.num_stages, cfg.programs_per_sm
+    ints = (n_tokens, merged[1][0], merged[2][0], vocab, ignore_index,
+            *strides(logits, True), *strides(labels, False), *strides(mask, False),
+            *strides(target, True), *strides(grad, True))
+    constexprs = (n_groups, _pow2_at_least(n_groups), has_mask, has_target, has_grad, scale_ptr,
+                  cap is not None, store_rows, fold, end_call, short,
+                  max(16, min(cfg.block_v, _pow2_at_least(vocab))), main, tail,
+                  "evict_last" if has_target or has_grad else "evict_first")
+    plan = _Plan(ints, constexprs, n_tokens, num_warps, num_stages, per_sm,
+                 logits.device.index or 0)
+    if len(_PLANS) > 256:  # bounded: layouts of a training run are few
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def _grid(plan: _Plan, device: torch.device) -> int:
+    """Programs of the persistent grid: as many as can be resident at once (by registers,
+    once the kernel is compiled; 8 per multiprocessor before), or one per token."""
+    if _interpreting() or device.type != "cuda":
+        return min(max(plan.n_tokens, 1), 3)  # several, so the fold's ticket is exercised
+    if plan.per_sm < 0:
+        return max(plan.n_tokens, 1)
+    if plan.programs:
+        return min(max(plan.n_tokens, 1), plan.programs)
+    per_sm = plan.per_sm or 8
+    return min(max(plan.n_tokens, 1), _multiprocessors(plan.device) * per_sm)
+
+
+def _resident(kernel, num_warps: int) -> int:
+    """Programs of ``num_warps`` that fit on one multiprocessor by registers (65536 a
+    multiprocessor, allocated per warp in units of 256) and warps (64)."""
+    regs_per_warp = -(-max(int(kernel.n_regs), 1) * 32 // 256) * 256
+    return max(1, min(MAX_PROGRAMS_PER_SM, 64 // num_warps, 65536 // regs_per_warp // num_warps))
+
+
+def _run(plan: _Plan, device: torch.device, tensors: list, floats: tuple) -> None:
+    """Launch the kernel: directly when this specialisation was compiled before."""
+    args = (*tensors, *floats, *plan.ints, *plan.constexprs)
+    grid = _grid(plan, device)
+    fast = FAST_LAUNCH and device.type == "cuda" and not _interpreting()
+    if fast:  # Triton specialises on each pointer's 16-byte alignment; the plan on the rest
+        key = tuple((t.data_ptr() & 15) == 0 for t in tensors)
+        kernel = plan.compiled.get(key)
+        if kernel is not None and _no_launch_hooks():
+            stream = _current_stream(device)
+            kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None,
+                       None, *args)
+            return
+    kernel = _rows_kernel[(grid,)](*args, num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if device.type == "cuda" and not _interpreting() and kernel is not None:
+        if not plan.programs and plan.per_sm == 0 and hasattr(kernel, "n_regs"):
+            plan.programs = _multiprocessors(plan.device) * _resident(kernel, plan.num_warps)
+        if fast and hasattr(kernel, "run") and hasattr(kernel, "function"):
+            plan.compiled[key] = kernel
+
+
+def _current_stream(device: torch.device) -> int:
+    """The raw handle of the current CUDA stream, as Triton itself takes it."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device.index or 0) if raw is not None else torch.cuda.current_stream(
+        device).cuda_stream
+
+
+def _no_launch_hooks() -> bool:
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    return runtime is None or (getattr(runtime, "launch_enter_hook", None) is None
+                               and getattr(runtime, "launch_exit_hook", None) is None)
+
+
+def _launch(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | None,
+            grad: Tensor | None, n_groups: int, ignore_index: int, *,
+            rows: dict[str, Tensor] | None, fold: tuple[Tensor, ...] | None, last_chunk: bool,
+            cap: float | None, grad_scale: float | Tensor | None,
+            config: TritonConfig | None) -> bool:
+    """One launch over logits (*lead, [G], V); False when the layout has too many axes."""
+    scale_is_ptr = isinstance(grad_scale, Tensor)
+    flags = (mask is not None, target is not None, grad is not None,
+             grad_scale.dtype if scale_is_ptr else False, rows is not None, fold is not None,
+             last_chunk)
+    plan = _plan(logits, labels, mask, target, grad, n_groups, ignore_index, flags, cap, config)
+    if plan is None:
+        return False
     dummy = labels
     out = rows or {}
-    state = fold or (dummy,) * 4
-    scale_is_ptr = isinstance(grad_scale, Tensor)
-    _rows_kernel[(programs,)](
-        logits, labels, dummy if mask is None else mask, logits if target is None else target,
-        logits if grad is None else grad,
-        *(out.get(k, dummy) for k in ("valid", "finite", "argmax", "conf", "label_prob", "ce",
-                                      "entropy", "teacher_argmax", "kl", "alpha")),
-        *state,
-        grad_scale if scale_is_ptr else dummy,
-        1.0 if grad_scale is None or scale_is_ptr else float(grad_scale),
-        1.0 if cap is None else float(cap),
-        n_tokens, merged[1][0], merged[2][0], vocab, ignore_index,
-        *strides(logits, True), *strides(labels, False), *strides(mask, False),
-        *strides(target, True), *strides(grad, True),
-        G=n_groups, G_PAD=g_pad, HAS_MASK=mask is not None, HAS_TARGET=target is not None,
-        HAS_GRAD=grad is not None, SCALE_PTR=scale_is_ptr, SOFTCAP=cap is not None,
-        STORE_ROWS=rows is not None, FOLD=fold is not None, END_CALL=last_chunk,
-        SHORT=short, BLOCK_V=max(16, min(cfg.block_v, _pow2_at_least(vocab))),
-        VM=main, VT=tail,
-        EVICT_PASS1="evict_last" if target is not None or grad is not None else "evict_first",
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    tensors = [logits, labels, dummy if mask is None else mask,
+               logits if target is None else target, logits if grad is None else grad,
+               *(out.get(k, dummy) for k in _ROW_OUTPUTS), *(fold or (dummy,) * 4),
+               grad_scale if scale_is_ptr else dummy]
+    floats = (1.0 if grad_scale is None or scale_is_ptr else float(grad_scale),
+              1.0 if cap is None else float(cap))
+    _run(plan, logits.device, tensors, floats)
     return True
+
+
+_ROW_OUTPUTS = ("valid", "finite", "argmax", "conf", "label_prob", "ce", "entropy",
+                "teacher_argmax", "kl", "alpha")
 
 
 def _as_bytes(mask: Tensor | None) -> Tensor | None:

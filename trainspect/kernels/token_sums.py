@@ -126,7 +126,9 @@ def accumulate_rows(
     bins = calibration_bin(torch.where(counted, stats.conf, zero))
     if n_groups > 1:
         bins += (torch.arange(bins.numel(), device=bins.device) % n_groups) * N_BINS
-    cells = per_row[:, [COL["tokens"], COL["conf"], COL["correct"]]]  # (N, 3)
+    # (N, 3); stacked, not indexed with a list (that would copy an index to the device: a sync)
+    cells = torch.stack([per_row[:, COL["tokens"]], per_row[:, COL["conf"]],
+                         per_row[:, COL["correct"]]], dim=1)
     calibration.view(-1, 3).index_add_(0, bins, cells)
 
     raw = labels.to(torch.int64)
