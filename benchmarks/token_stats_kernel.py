@@ -284,6 +284,48 @@ def fused_loss_rows(cuda: bool) -> list[dict]:
     return rows
 
 
+def variant_rows(cuda: bool) -> list[dict]:
+    """The draft-head and audio rows under other launch choices, each checked against the
+    torch path: which would be the better default."""
+    rows = []
+    for case, variants in (
+        (TABLE[4], [("short rows, 4 warps (default)", {}), ("short rows, 2 warps",
+                                                         {"SHORT_WARPS": 2}),
+                    ("short rows, 8 warps", {"SHORT_WARPS": 8}),
+                    ("long rows 512/2 per token", {"SHORT_MAX_VOCAB": 0,
+                                                   "config": TritonConfig(512, 2, 2, -1)}),
+                    ("long rows 256/1 persistent", {"SHORT_MAX_VOCAB": 0,
+                                                    "config": TritonConfig(256, 1, 2, 0)})]),
+        (TABLE[3], [("1024/4 per token (default)", {}),
+                    ("512/2 per token", {"config": TritonConfig(512, 2, 2, -1)}),
+                    ("512/2 persistent", {"config": TritonConfig(512, 2, 2, 0)}),
+                    ("1024/4 persistent", {"config": TritonConfig(1024, 4, 2, 0)})]),
+    ):
+        x, y, _, _ = make_inputs(case, "cuda" if cuda else "cpu")
+        floor = x.numel() * 2 / (read_gbs(x) * 1e9) * 1e3 if cuda else 1.0
+        ref = TokenProbe(backend="torch")
+        ref.update("s", case.group, x, y, None, None)
+        want = ref.streams["s"]
+        for name, knobs in variants:
+            saved = {k: getattr(tst, k) for k in knobs if k != "config"}
+            for k, v in knobs.items():
+                if k != "config":
+                    setattr(tst, k, v)
+            state = new_state(x.shape[-2], x.device)
+            cfg = knobs.get("config")
+            tst.fold_triton(x, y, None, None, x.shape[-2], state, config=cfg)
+            err = max(float(((a - b).abs() / b.abs().clamp(min=1.0)).max()) for a, b in
+                      zip(state[:3], (want.sums, want.calibration, want.counters)))
+            ms = bench_ms(lambda c=cfg, s=state, x=x, y=y: tst.fold_triton(
+                x, y, None, None, x.shape[-2], s, config=c), cuda)
+            rows.append({"case": f"{case.name}: {name}", "ms": ms, "floor_ms": floor,
+                         "state_rel_err": err})
+            for k, v in saved.items():
+                setattr(tst, k, v)
+        free()
+    return rows
+
+
 def seed_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The seeds' straightforward fp32 code: what people write before a fused pass exists."""
     x = logits.float()
@@ -319,7 +361,7 @@ def ts_row_stats(x, y, workspace=None):
     return row_stats(x, y, backend="torch", max_workspace_bytes=workspace)
 
 
-CPU_CHUNKS = (2**14, 2**16, 2**18)  # elements per thread of a chunk of the CPU path
+CPU_CHUNKS = (2**16, 2**18, 2**20)  # elements per thread of a chunk of the CPU path
 
 
 def cpu_rows(tiny: bool) -> list[dict]:
@@ -346,13 +388,20 @@ def cpu_rows(tiny: bool) -> list[dict]:
                     token_stats_torch.CPU_CHUNK_ELEMENTS_PER_THREAD = chunk
                     times.setdefault(chunk, []).append(
                         bench_ms(lambda x=x, y=y, r=run: r.observe(1, x, y), False))
-            token_stats_torch.CPU_CHUNK_ELEMENTS_PER_THREAD = default
+                token_stats_torch.CPU_CHUNK_ELEMENTS_PER_THREAD = default
+                if dtype != torch.float32:  # reduce bf16 directly instead of converting first
+                    token_stats_torch.CPU_CONVERT_FIRST = False
+                    times.setdefault("direct", []).append(
+                        bench_ms(lambda x=x, y=y, r=run: r.observe(1, x, y), False))
+                    token_stats_torch.CPU_CONVERT_FIRST = True
             run.finish()
         ce = statistics.median(times["ce"])
         row = {"dtype": str(dtype).replace("torch.", ""), "vocab": vocab, "f_ce_ms": ce,
                "observe_ms": statistics.median(times[default])}
         row["ratio"] = row["observe_ms"] / ce
         row["by_chunk"] = {c: statistics.median(times[c]) / ce for c in CPU_CHUNKS}
+        if "direct" in times:
+            row["by_chunk"]["bf16 reduced directly"] = statistics.median(times["direct"]) / ce
         rows.append(row)
     return rows
 
@@ -389,6 +438,11 @@ def print_tables(res: dict) -> None:
             for r in res[key]:
                 print(f"{r['shape']:<28}{r['config']:<75}{r['ms']:9.3f}"
                       f"{r['ms'] / r['floor_ms']:7.2f}x")
+    if res.get("variants"):
+        print("\n== launch variants of the draft-head and audio rows (fold alone) ==")
+        for r in res["variants"]:
+            print(f"{r['case']:<86}{r['ms']:8.3f}{r['ms'] / r['floor_ms']:7.2f}x  "
+                  f"state err {r['state_rel_err']:.1e}")
     if res.get("fused_loss"):
         print("\n== the fused-loss entry point, 8192x152064 bf16 ==")
         for r in res["fused_loss"]:
@@ -403,7 +457,7 @@ def print_tables(res: dict) -> None:
         print(f"\n== CPU ({res.get('cpu_threads')} threads): observe vs F.cross_entropy "
               f"forward, [4, 512, V] ==")
         print(f"{'dtype':<10}{'V':>8}{'F.ce ms':>10}{'observe':>10}{'ratio':>8}   ratio by "
-              f"chunk elements per thread {list(CPU_CHUNKS)}")
+              f"chunk elements per thread {list(CPU_CHUNKS)}, then bf16 not converted first")
         for r in res["cpu"]:
             by = "  ".join(f"{v:.2f}" for v in r["by_chunk"].values())
             print(f"{r['dtype']:<10}{r['vocab']:>8}{r['f_ce_ms']:10.2f}{r['observe_ms']:10.2f}"
@@ -437,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             res["kernel"] = kernel_rows(cuda)
         if want("teacher"):
             res["teacher"] = teacher_rows(cuda)
+        if want("variants"):
+            res["variants"] = variant_rows(cuda)
         if want("fused"):
             res["fused_loss"] = fused_loss_rows(cuda)
         if want("fallback"):

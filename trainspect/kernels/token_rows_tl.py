@@ -80,12 +80,13 @@ def _online_block(z, cols, m_run, m_ref, s, a, amax, V, ENTROPY: tl.constexpr):
         amax = tl.min(tl.where(z == block_max, cols, V), axis=0)  # first index in the block
         m_run = block_max
         m_ref = new_ref
-    # one fma and a clamp: -inf -> T_FLOOR; NaN stays NaN (max.NaN), so a NaN logit makes
-    # the row's sum NaN instead of vanishing
-    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR, propagate_nan=tl.PropagateNan.ALL)
+    # one fma and ex2: 2^-inf = 0 exactly, and a NaN logit (or +inf, then m_ref is +inf)
+    # makes t and e NaN, so the row's sum S is NaN instead of the NaN vanishing. Only the
+    # entropy's product is clamped (a plain max), so that 0 * -inf never forms.
+    t = z * LOG2E - m_ref
     e = tl.exp2(t)
     if ENTROPY:
-        a = a + e * t
+        a = a + e * tl.maximum(t, T_FLOOR)
     return m_run, m_ref, s + e, a, amax
 
 
@@ -212,11 +213,12 @@ def _zero_row(g_row_ptr, gv, V, BLOCK_V: tl.constexpr):
 
 @_jit
 def _piece_sums(z, m_ref, cols, label):
-    """Sum 2^t, sum 2^t t (t = z log2 e - m_ref, clamped, NaN kept) and z_label of a piece."""
-    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR, propagate_nan=tl.PropagateNan.ALL)
+    """Sum 2^t, sum 2^t t (t = z log2 e - m_ref; NaN kept in the first, t clamped in the
+    second so that 0 * -inf never forms) and z_label of a piece."""
+    t = z * LOG2E - m_ref
     e = tl.exp2(t)
-    return tl.sum(e, axis=0), tl.sum(e * t, axis=0), tl.sum(tl.where(cols == label, z, 0.0),
-                                                            axis=0)
+    return (tl.sum(e, axis=0), tl.sum(e * tl.maximum(t, T_FLOOR), axis=0),
+            tl.sum(tl.where(cols == label, z, 0.0), axis=0))
 
 
 @_jit

@@ -264,8 +264,8 @@ def row_stats(
         mask: optional (N,) bool; False rows are not valid, as if their label were ignored.
         ignore_index: label value of unsupervised rows (-100, as PyTorch and HF use).
         backend: "auto" (Triton on CUDA when available, else torch), "torch" or "triton".
-        max_workspace_bytes: fp32 workspace bound of the torch backend (default 64 MiB);
-            the Triton backend needs none.
+        max_workspace_bytes: fp32 workspace bound of the torch backend (default 64 MiB
+            on the CPU, 1 GiB on CUDA); the Triton backend needs none.
         grad_out: optional (N, V) float tensor (any float dtype and strides; ``logits``
             itself for an in-place gradient) that receives d ce_row / d logits:
             (softmax(z) - onehot(label)) * dz/dx * grad_scale, and 0 on rows that are

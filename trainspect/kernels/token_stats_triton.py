@@ -59,6 +59,7 @@ __all__ = ["BENCH_CONFIGS", "DEFAULT_CONFIG", "SHORT_MAX_VOCAB", "TritonConfig",
            "row_stats_triton"]
 
 SHORT_MAX_VOCAB = 4096  # rows up to this length are held in registers
+SHORT_WARPS = 4  # warps a short row (4: 93 registers for V = 1026 on sm_90; 1: 228)
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ class TritonConfig:
             raise ValueError(f"expected `programs_per_sm` >= -1, got {self.programs_per_sm}")
 
 
-DEFAULT_CONFIG = TritonConfig()
-TEACHER_CONFIG = TritonConfig()
+DEFAULT_CONFIG = TritonConfig(512, 2, 2, programs_per_sm=-1)  # per-row outputs, no fold
+FOLD_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=-1)  # observe: the fold, no outputs
+TEACHER_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=4)  # best of the sweep on an H200
 BENCH_CONFIGS = (
     TritonConfig(512, 2, 2),
     TritonConfig(1024, 4, 2),
@@ -169,7 +171,7 @@ def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | 
     """The launch plan of a layout, cached; None when the leading axes do not merge."""
     key = (_tensor_key(logits), _tensor_key(labels), _tensor_key(mask), _tensor_key(target),
            _tensor_key(grad), n_groups, ignore_index, flags, cap is not None, config,
-           logits.device)
+           logits.device, SHORT_MAX_VOCAB, SHORT_WARPS)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan
@@ -193,9 +195,13 @@ def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | 
     main = _pow2_at_most(vocab)
     tail = 0 if main == vocab else max(16, _pow2_at_least(vocab - main))
     short = vocab <= SHORT_MAX_VOCAB
-    cfg = (TEACHER_CONFIG if has_target else DEFAULT_CONFIG) if config is None else config
-    if short:  # one 16-byte load of bf16 per thread for the main piece, at most 8 warps
-        num_warps, num_stages, per_sm = max(1, min(8, main // 256)), 1, 0
+    if config is not None:
+        cfg = config
+    else:
+        cfg = TEACHER_CONFIG if has_target else FOLD_CONFIG if fold and not store_rows else \
+            DEFAULT_CONFIG
+    if short:
+        num_warps, num_stages, per_sm = SHORT_WARPS, 1, 0
     else:
         num_warps, num_stages, per_sm = cfg.num_warps, cfg.num_stages, cfg.programs_per_sm
     ints = (n_tokens, merged[1][0], merged[2][0], vocab, ignore_index,
