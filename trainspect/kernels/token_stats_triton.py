@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -59,7 +59,7 @@ __all__ = ["BENCH_CONFIGS", "DEFAULT_CONFIG", "SHORT_MAX_VOCAB", "TritonConfig",
            "row_stats_triton"]
 
 SHORT_MAX_VOCAB = 4096  # rows up to this length are held in registers
-SHORT_WARPS = 4  # warps a short row (4: 93 registers for V = 1026 on sm_90; 1: 228)
+SHORT_WARPS = 2  # warps a short row: the best of 2, 4 and 8 for audio codebooks on an H200
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ class TritonConfig:
     block_v: int = 512
     """Elements of a row per loop step (power of two; capped at next_pow2(V))."""
     num_warps: int = 2
-    """Warps per program. 512 / (2 x 32) = 8 bf16 per thread, one 16-byte load: the best
-    of the sweep on an H200 for V = 32000 and 152064."""
+    """Warps per program. 512 / (2 x 32) = 8 bf16 per thread, one 16-byte load."""
     num_stages: int = 2
     """Software-pipelining depth of the loop over the row."""
     programs_per_sm: int = 0
@@ -88,9 +87,10 @@ class TritonConfig:
             raise ValueError(f"expected `programs_per_sm` >= -1, got {self.programs_per_sm}")
 
 
+# The best of benchmarks/token_stats_kernel.py's sweep on an H200 (docs/benchmarks.md):
 DEFAULT_CONFIG = TritonConfig(512, 2, 2, programs_per_sm=-1)  # per-row outputs, no fold
 FOLD_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=-1)  # observe: the fold, no outputs
-TEACHER_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=4)  # best of the sweep on an H200
+TEACHER_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=4)  # with target_logits
 BENCH_CONFIGS = (
     TritonConfig(512, 2, 2),
     TritonConfig(1024, 4, 2),
@@ -151,13 +151,9 @@ class _Plan:
     per_sm: int  # programs per multiprocessor of the persistent grid; -1: one per token
     device: int
     programs: int = 0  # the grid, once known
-    compiled: dict = field(default_factory=dict)  # pointer alignments -> compiled kernel
 
 
 _PLANS: dict = {}
-FAST_LAUNCH = True
-"""Launch a compiled kernel directly once its specialisation is known (Triton's own
-dispatch costs tens of microseconds per call); off, every launch goes through Triton."""
 MAX_PROGRAMS_PER_SM = 32  # the hardware's resident-block limit on sm_80 / sm_90
 
 
@@ -240,37 +236,13 @@ def _resident(kernel, num_warps: int) -> int:
 
 
 def _run(plan: _Plan, device: torch.device, tensors: list, floats: tuple) -> None:
-    """Launch the kernel: directly when this specialisation was compiled before."""
+    """Launch the kernel; the first launch of a persistent plan sizes its grid."""
     args = (*tensors, *floats, *plan.ints, *plan.constexprs)
-    grid = _grid(plan, device)
-    fast = FAST_LAUNCH and device.type == "cuda" and not _interpreting()
-    if fast:  # Triton specialises on each pointer's 16-byte alignment; the plan on the rest
-        key = tuple((t.data_ptr() & 15) == 0 for t in tensors)
-        kernel = plan.compiled.get(key)
-        if kernel is not None and _no_launch_hooks():
-            stream = _current_stream(device)
-            kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None,
-                       None, *args)
-            return
-    kernel = _rows_kernel[(grid,)](*args, num_warps=plan.num_warps, num_stages=plan.num_stages)
-    if device.type == "cuda" and not _interpreting() and kernel is not None:
-        if not plan.programs and plan.per_sm == 0 and hasattr(kernel, "n_regs"):
-            plan.programs = _multiprocessors(plan.device) * _resident(kernel, plan.num_warps)
-        if fast and hasattr(kernel, "run") and hasattr(kernel, "function"):
-            plan.compiled[key] = kernel
-
-
-def _current_stream(device: torch.device) -> int:
-    """The raw handle of the current CUDA stream, as Triton itself takes it."""
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return raw(device.index or 0) if raw is not None else torch.cuda.current_stream(
-        device).cuda_stream
-
-
-def _no_launch_hooks() -> bool:
-    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
-    return runtime is None or (getattr(runtime, "launch_enter_hook", None) is None
-                               and getattr(runtime, "launch_exit_hook", None) is None)
+    kernel = _rows_kernel[(_grid(plan, device),)](*args, num_warps=plan.num_warps,
+                                                  num_stages=plan.num_stages)
+    if (not plan.programs and plan.per_sm == 0 and device.type == "cuda"
+            and not _interpreting() and hasattr(kernel, "n_regs")):
+        plan.programs = _multiprocessors(plan.device) * _resident(kernel, plan.num_warps)
 
 
 def _launch(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | None,
