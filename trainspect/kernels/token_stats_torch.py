@@ -46,7 +46,7 @@ _F32_ROWS_STUDENT = 3
 _F32_ROWS_TEACHER = 6
 # On the CPU a chunk is also kept small enough to stay in the caches between its passes:
 # about this many elements per thread.
-CPU_CHUNK_ELEMENTS_PER_THREAD = 2**18  # the best of 2**14 ... 2**20 on 16 and 2 cores
+CPU_CHUNK_ELEMENTS_PER_THREAD = 2**18  # best or near it of 2**16..2**20 (docs/benchmarks.md)
 CUDA_WORKSPACE_BYTES = 2**30  # without Triton, larger chunks mean fewer launches
 CPU_CONVERT_FIRST = True  # bf16/fp16 on the CPU: convert a chunk to fp32, then reduce
 ARGMAX_BLOCK = 64  # columns per block of the blocked argmax
