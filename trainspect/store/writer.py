@@ -3,53 +3,83 @@
 The training thread only appends to deques (a few hundred nanoseconds). This thread
 wakes every `interval_s`, or at once when asked to flush, runs the pending jobs
 (flush resolutions that turn device buffers into records), packs scalar points into
-one chunk per key, and commits the batch in one transaction. A failed write (full
-disk, read-only file) is logged once, kept in memory and retried; the training
-thread never sees it.
+one chunk per key, and commits the batch in one transaction.
+
+What can go wrong, and what happens (docs/architecture.md, "Faults"):
+- a bad record (a step outside int64, a value json cannot encode) is dropped alone,
+  before the transaction, and counted in the run's meta; the rest is written;
+- SQLite cannot write (full disk, read-only file, I/O error): the batch is kept in
+  memory (bounded) and retried; one log line says so;
+- any other error inside the transaction: the batch is written again one item at a
+  time, each in its own savepoint, so only the item that fails is dropped;
+- key ids are cached only once their transaction has committed, so a rollback can
+  never hand one key's id to another.
+The training thread never sees any of it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainspect.records import Alert, EvalExample, Matrix, SampleRow, Scalar
+from trainspect.records import Scalar
 from trainspect.store import schema
-from trainspect.store.chunks import decode_steps, pack
+from trainspect.store.chunks import pack
 from trainspect.store.connect import connect_for_write
-from trainspect.store.matrices import pack_matrix
+from trainspect.store.merge import INSERT_CHUNK, MERGE_FANOUT, ChunkMerger
+from trainspect.store.rows import (
+    Columns,
+    Dropped,
+    Row,
+    add_entries,
+    count_points,
+    merge_columns,
+    meta_rows,
+    real,
+    record_rows,
+    scalar_entries,
+)
+
+__all__ = ["MAX_HELD_POINTS", "MAX_HELD_RECORDS", "MERGE_FANOUT", "StoreWriter"]
 
 log = logging.getLogger("trainspect.store")
 
-MERGE_FANOUT = 16  # merge a key's chunks once this many of one level have piled up
-MAX_LEVEL = 4  # 16**4 writes per chunk at most: chunks stay a few MB
 MAX_HELD_POINTS = 5_000_000  # what a failing disk may hold in memory before dropping
+MAX_HELD_RECORDS = 10_000
 
 Job = Callable[[], Iterable[Any]]
-# Per key, segments of (int64 steps, float64 values, float64 wall times) arrays.
-Columns = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 # Sees each committed batch once (new scalar columns, other records); may add records.
 Observer = Callable[[Columns, list[Any]], Iterable[Any]]
 
-
-_INSERT_CHUNK = (
-    "INSERT INTO scalar_chunks (seq, key_id, attempt, level, n, step_min, step_max,"
-    " vmin, vmax, vlast, steps, vals, times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+_UPSERT_META = ("INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, default=repr, allow_nan=True)
+@dataclass
+class Batch:
+    """One tick's worth of data: scalar columns, other records, meta updates."""
+
+    columns: Columns = field(default_factory=dict)
+    records: list[Any] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.columns or self.records or self.meta)
+
+    def add(self, later: Batch) -> Batch:
+        merge_columns(self.columns, later.columns)
+        self.records.extend(later.records)
+        self.meta.update(later.meta)
+        return self
 
 
 class StoreWriter:
@@ -79,23 +109,24 @@ class StoreWriter:
         self._stopping = False
         self._last_ok = True
         self._failed_messages: set[str] = set()
+        self._meta_warned: set[str] = set()
         self.write_errors = 0
-        self.dropped_points = 0
-        # Held after a failed write, retried first on the next tick.
-        self._held_columns: Columns = {}
-        self._held_records: list[Any] = []
-        self._held_meta: dict[str, Any] = {}
+        self.dropped = Dropped()
+        self._dropped_stored = self._dropped_in_batch = (0, 0)
+        self._held = Batch()  # kept after a failed write, retried first on the next tick
+        self._merger = ChunkMerger(attempt)
 
         self._conn = connect_for_write(path)
         schema.migrate(self._conn, path)
         self._seq = schema.max_seq(self._conn)
-        self._key_ids: dict[str, int] = dict(
-            (name, key_id) for key_id, name in self._conn.execute("SELECT id, name FROM keys")
-        )
-        self._level_counts: dict[tuple[int, int], int] = {}
+        self._key_ids = self._read_key_ids()
         self._last_heartbeat = 0.0
         self._thread = threading.Thread(target=self._loop, name="trainspect-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def dropped_points(self) -> int:
+        return self.dropped.points
 
     # ---- called from the training thread -------------------------------------------
 
@@ -135,8 +166,9 @@ class StoreWriter:
             barriers = _drain(self._barriers)  # data enqueued before a barrier is in the deques
             try:
                 self._tick(final=stopping)
-            except Exception as err:  # the loop must survive anything a tick throws
-                self._report("writer tick failed", err)
+            except Exception as err:  # a bug: the loop must survive it, and say what it cost
+                self._report("the writer's tick failed", err,
+                             "what it had taken was kept and is retried")
                 self._last_ok = False
             for barrier in barriers:
                 barrier.set()
@@ -147,210 +179,225 @@ class StoreWriter:
                 return
 
     def _tick(self, final: bool = False) -> None:
+        batch, self._held = self._held, Batch()
+        fresh = self._take_fresh()
+        batch.add(fresh)
+        now = time.time()
+        if final or now - self._last_heartbeat >= self.heartbeat_s:
+            batch.meta["heartbeat_at"] = now
+        if (self.dropped.points, self.dropped.records) != self._dropped_stored:
+            batch.meta["heartbeat_at"] = now  # a drop since the last commit: store its count
+        if not batch:
+            return
+        if self._commit(batch) and batch.meta.get("heartbeat_at") == now:
+            self._last_heartbeat = now
+
+    def _take_fresh(self) -> Batch:
+        """Everything enqueued since the last tick; observers see it here, once."""
         records: list[Any] = []
         for job in _drain(self.jobs):
             try:
                 records.extend(job() or ())
             except Exception as err:
-                self._report("a flush job failed", err)
+                self._report("a flush job failed", err, "its records are lost")
         records.extend(_drain(self.records))
-        fresh: Columns = {}
-        _add_entries(fresh, _drain(self.scalars))
-        _add_entries(fresh, [(r.step, r.wall_time, {r.key: r.value}) for r in records
-                             if isinstance(r, Scalar)])
-        others = [r for r in records if not isinstance(r, Scalar)]
+        fresh = Batch()
+        add_entries(fresh.columns, _drain(self.scalars), self.dropped)
+        add_entries(fresh.columns, scalar_entries(
+            [r for r in records if isinstance(r, Scalar)], self.dropped), self.dropped)
+        fresh.records = [r for r in records if not isinstance(r, Scalar)]
         for observer in self.observers:  # e.g. alert rules: they see each batch once
             try:
-                others.extend(observer(fresh, others) or ())
+                fresh.records.extend(observer(fresh.columns, fresh.records) or ())
             except Exception as err:
-                self._report("an observer failed", err)
-        columns = _merge_columns(self._held_columns, fresh)
-        self._held_columns = {}
-        others = self._held_records + others
-        self._held_records = []
-        meta = self._held_meta
-        self._held_meta = {}
+                self._report("an observer failed", err, "the batch is stored without it")
         for update in _drain(self._meta):
-            meta.update(update)
-        now = time.time()
-        if final or now - self._last_heartbeat >= self.heartbeat_s:
-            meta["heartbeat_at"] = now
-        if not columns and not others and not meta:
-            return
+            fresh.meta.update(update)
+        return fresh
+
+    # ---- one transaction ----------------------------------------------------------------
+
+    def _commit(self, batch: Batch) -> bool:
+        """Write `batch`; True once it is committed. Bad items are dropped and counted."""
+        rows, batch.records = self._record_rows(batch.records)
         try:
-            with self._conn:
-                written = self._write_columns(columns)
-                self._write_records(others)
-                self._write_meta(meta)
-            if meta.get("heartbeat_at") == now:
-                self._last_heartbeat = now
-            self._last_ok = True
-        except sqlite3.Error as err:
-            self._resync_after_rollback()
-            self._hold(columns, others, meta)
-            self._report(f"could not write to {self.path}", err)
+            written = self._write(batch, rows)
+        except sqlite3.OperationalError as err:  # full disk, read-only, I/O error, locked
+            self._hold(batch)
+            self._report(f"could not write to {self.path}", err,
+                         "what was not written is kept in memory and retried")
             self._last_ok = False
-            return
-        self._merge_small_chunks(written)
-
-    def _resync_after_rollback(self) -> None:
-        """Forget ids and seqs handed out inside a transaction that was rolled back."""
+            return False
+        except Exception as err:  # the same error would come back: isolate the bad item
+            log.debug("trainspect: batch failed, writing item by item", exc_info=err)
+            try:
+                written = self._write_one_by_one(batch, rows)
+            except sqlite3.OperationalError as again:
+                self._hold(batch)
+                self._report(f"could not write to {self.path}", again,
+                             "what was not written is kept in memory and retried")
+                self._last_ok = False
+                return False
+        self._last_ok = True
         try:
-            self._seq = max(self._seq, schema.max_seq(self._conn))
-            self._key_ids = dict(
-                (name, key_id) for key_id, name in self._conn.execute("SELECT id, name FROM keys")
-            )
-        except sqlite3.Error:
-            self._key_ids = {}  # re-read lazily once the file answers again
+            self._merger.after_write(self._conn, written)
+        except sqlite3.Error as err:
+            self._report(f"could not merge chunks in {self.path}", err,
+                         "the small chunks stay as they are")
+        return True
 
-    def _key_id(self, name: str) -> int:
-        key_id = self._key_ids.get(name)
-        if key_id is None:
-            key_id = self._conn.execute("INSERT INTO keys (name) VALUES (?)", (name,)).lastrowid
-            self._key_ids[name] = key_id
-        return key_id
+    def _record_rows(self, records: list[Any]) -> tuple[list[list[Row]], list[Any]]:
+        """Each record's rows; a record that cannot become rows is dropped here, alone."""
+        rows, kept = [], []
+        for record in records:
+            try:
+                rows.append(record_rows(record, self._next_seq))
+                kept.append(record)
+            except Exception as err:  # any bad value: drop this record, count it, say it once
+                self.dropped.record(record, err)
+        return rows, kept
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def _meta_rows(self, batch: Batch) -> list[tuple[str, str]]:
+        self._dropped_in_batch = (self.dropped.points, self.dropped.records)
+        if self._dropped_in_batch != self._dropped_stored:
+            batch.meta.update(dropped_points=self.dropped.points,
+                              dropped_records=self.dropped.records)
+        return meta_rows(batch.meta, self._meta_warned)
 
-    def _write_columns(self, columns: Columns) -> list[int]:
-        rows = []
+    def _chunk_rows(self, columns: Columns) -> list[tuple[str, tuple]]:
+        out = []
         for name, segments in columns.items():
             if len(segments) == 1:
                 steps, vals, times = segments[0]
             else:
                 steps, vals, times = (np.concatenate(parts) for parts in zip(*segments))
             chunk = pack(steps, vals, times)
-            rows.append((
-                self._next_seq(), self._key_id(name), self.attempt, 0 if chunk.ordered else -1,
-                chunk.n, chunk.step_min, chunk.step_max, chunk.vmin, chunk.vmax,
-                _real(chunk.vlast), chunk.steps, chunk.vals, chunk.times,
-            ))
-        self._conn.executemany(_INSERT_CHUNK, rows)
-        return [row[1] for row in rows if row[3] == 0]
+            out.append((name, (
+                self._next_seq(), None, self.attempt, 0 if chunk.ordered else -1, chunk.n,
+                chunk.step_min, chunk.step_max, chunk.vmin, chunk.vmax, real(chunk.vlast),
+                chunk.steps, chunk.vals, chunk.times)))
+        return out
 
-    def _write_records(self, records: list[Any]) -> None:
-        for r in records:
-            if isinstance(r, SampleRow):
-                self._conn.execute(
-                    "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.step, r.stream, r.group, r.sample_id, r.context,
-                     _json(r.positions), r.wall_time or time.time()),
-                )
-            elif isinstance(r, Matrix):
-                n_rows, n_cols, blob = pack_matrix(r.values)
-                self._conn.execute(
-                    "INSERT INTO matrices VALUES (?,?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.key, r.step, n_rows, n_cols, blob,
-                     _json(list(r.row_labels)), _json(list(r.col_labels)),
-                     r.wall_time or time.time()),
-                )
-            elif isinstance(r, EvalExample):
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO eval_set VALUES (?,?,?,?,?,?,?)",
-                    (r.eval_name, r.example_id, r.prompt, r.reference, r.pattern,
-                     r.length_bin, r.ref_tokens),
-                )
-                self._conn.execute(
-                    "INSERT INTO eval_examples VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.step, r.eval_name, r.example_id, int(r.em),
-                     _real(r.ce), r.tokens, r.correct_tokens, r.output, r.checkpoint,
-                     r.wall_time or time.time()),
-                )
-            elif isinstance(r, Alert):
-                self._conn.execute(
-                    "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.step, r.rule, r.level, r.message, r.action, r.state,
-                     r.wall_time or time.time()),
-                )
-            else:
-                log.warning("trainspect: cannot store a record of type %s", type(r).__name__)
+    def _write(self, batch: Batch, rows: list[list[Row]]) -> list[int]:
+        """One transaction; key ids it creates are cached only after the commit."""
+        chunks, meta = self._chunk_rows(batch.columns), self._meta_rows(batch)
+        new_keys: dict[str, int] = {}
+        with self._conn:
+            chunk_rows = [(p[0], self._key_id(name, new_keys), *p[2:]) for name, p in chunks]
+            self._conn.executemany(INSERT_CHUNK, chunk_rows)
+            for record in rows:
+                for sql, params in record:
+                    self._conn.execute(sql, params)
+            self._conn.executemany(_UPSERT_META, meta)
+        self._committed(new_keys)
+        return [row[1] for row in chunk_rows if row[3] == 0]
 
-    def _write_meta(self, meta: dict[str, Any]) -> None:
-        if meta:
-            self._conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [(k, _json(v)) for k, v in meta.items()],
-            )
+    def _write_one_by_one(self, batch: Batch, rows: list[list[Row]]) -> list[int]:
+        """The same batch, each key's chunk, record and meta value in its own savepoint."""
+        chunks, meta = self._chunk_rows(batch.columns), self._meta_rows(batch)
+        new_keys: dict[str, int] = {}
+        written: list[int] = []
+        with self._conn:
+            self._conn.execute("BEGIN")
+            for name, params in chunks:
+                item_keys: dict[str, int] = {}
+                try:
+                    self._savepoint(lambda n=name, p=params, k=item_keys: self._conn.execute(
+                        INSERT_CHUNK, (p[0], self._key_id(n, {**new_keys, **k}, k), *p[2:])))
+                except _ItemFailed as failed:
+                    self.dropped.point(failed.err, f"chunk of {name!r}", params[4])
+                    continue
+                new_keys.update(item_keys)
+                if params[3] == 0:
+                    written.append(self._key_id(name, new_keys))
+            for record, record_rows_ in zip(batch.records, rows):
+                try:
+                    self._savepoint(lambda r=record_rows_: [self._conn.execute(*x) for x in r])
+                except _ItemFailed as failed:
+                    self.dropped.record(record, failed.err)
+            for key, value in meta:
+                try:
+                    self._savepoint(lambda k=key, v=value: self._conn.execute(
+                        _UPSERT_META, (k, v)))
+                except _ItemFailed as failed:
+                    log.warning("trainspect: could not store meta %r: %s", key, failed.err)
+        self._committed(new_keys)
+        return written
 
-    def _merge_small_chunks(self, key_ids: list[int]) -> None:
-        """Fold each key's level-L chunks into one level L+1 chunk every MERGE_FANOUT writes.
+    def _savepoint(self, write: Callable[[], Any]) -> None:
+        """Run `write` in a savepoint; roll only it back (and raise _ItemFailed) if it fails."""
+        self._conn.execute("SAVEPOINT item")
+        try:
+            write()
+        except sqlite3.OperationalError:
+            raise  # the disk, not the item: the whole batch is held
+        except Exception as err:
+            self._conn.execute("ROLLBACK TO item")
+            self._conn.execute("RELEASE item")
+            raise _ItemFailed(err) from err
+        self._conn.execute("RELEASE item")
 
-        Only chunks whose steps run strictly upward one after another are merged;
-        the merged chunk keeps the largest seq of its parts, so live readers that
-        already saw them are not sent them again and newest-wins is unchanged.
-        """
-        pending = [(key_id, 0) for key_id in key_ids]
-        while pending:
-            key_id, level = pending.pop()
-            count = self._level_counts.get((key_id, level), 0) + 1
-            if count < MERGE_FANOUT or level >= MAX_LEVEL:
-                self._level_counts[(key_id, level)] = count
-                continue
-            self._level_counts[(key_id, level)] = 0
-            try:
-                with self._conn:
-                    merged = self._merge(key_id, level)
-            except sqlite3.Error as err:
-                self._report(f"could not merge chunks in {self.path}", err)
-                return
-            if merged:
-                pending.append((key_id, level + 1))
+    def _committed(self, new_keys: dict[str, int]) -> None:
+        self._key_ids.update(new_keys)
+        self._dropped_stored = self._dropped_in_batch  # later drops go in the next batch
 
-    def _merge(self, key_id: int, level: int) -> bool:
-        parts = self._conn.execute(
-            "SELECT seq, n, step_min, step_max, steps, vals, times FROM scalar_chunks "
-            "WHERE key_id = ? AND level = ? AND attempt = ? ORDER BY seq",
-            (key_id, level, self.attempt),
-        ).fetchall()
-        if len(parts) < 2:
-            return False
-        if any(b[2] <= a[3] for a, b in zip(parts, parts[1:])):
-            return False  # steps went back somewhere: leave these chunks as written
-        steps = np.concatenate([decode_steps(p[4], p[1], p[2], p[3]) for p in parts])
-        vals = np.concatenate([np.frombuffer(p[5], "<f8") for p in parts])
-        times = np.concatenate([np.frombuffer(p[6], "<f8") for p in parts])
-        chunk = pack(steps, vals, times)
-        self._conn.executemany("DELETE FROM scalar_chunks WHERE seq = ?", [(p[0],) for p in parts])
-        self._conn.execute(_INSERT_CHUNK, (
-            parts[-1][0], key_id, self.attempt, level + 1, chunk.n, chunk.step_min,
-            chunk.step_max, chunk.vmin, chunk.vmax, _real(chunk.vlast), chunk.steps,
-            chunk.vals, chunk.times,
-        ))
-        return True
+    def _key_id(self, name: str, known: dict[str, int],
+                new: dict[str, int] | None = None) -> int:
+        """The key's id; a new key is inserted and recorded in `new` (default: `known`),
+        to join the cache only once the transaction commits."""
+        key_id = self._key_ids.get(name) or known.get(name)
+        if key_id is None:
+            key_id = self._conn.execute("INSERT INTO keys (name) VALUES (?)", (name,)).lastrowid
+            (known if new is None else new)[name] = key_id
+        return key_id
 
-    def _hold(self, columns: Columns, records: list[Any], meta: dict[str, Any]) -> None:
+    def _read_key_ids(self) -> dict[str, int]:
+        return {name: key_id for key_id, name in self._conn.execute("SELECT id, name FROM keys")}
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # ---- failures ---------------------------------------------------------------------
+
+    def _hold(self, batch: Batch) -> None:
         """Keep a batch that could not be written, up to MAX_HELD_POINTS points."""
-        held = sum(seg[0].size for segments in columns.values() for seg in segments)
+        held = count_points(batch.columns)
         if held > MAX_HELD_POINTS:
-            self.dropped_points += held
-            columns = {}
-        self._held_columns = columns
-        self._held_records = records[-10_000:]
-        self._held_meta = meta
+            self.dropped.point(MemoryError(f"over {MAX_HELD_POINTS:,} points held while the "
+                                           "store could not be written"), "held", held)
+            batch.columns = {}
+        if len(batch.records) > MAX_HELD_RECORDS:
+            for record in batch.records[:-MAX_HELD_RECORDS]:
+                self.dropped.record(record, MemoryError(
+                    f"over {MAX_HELD_RECORDS:,} records held while the store could not be "
+                    "written"))
+            batch.records = batch.records[-MAX_HELD_RECORDS:]
+        self._held = batch.add(self._held)
 
-    def _report(self, what: str, err: BaseException) -> None:
+    def _report(self, what: str, err: BaseException, consequence: str) -> None:
         self.write_errors += 1
         message = f"{what}: {err}"
         if message in self._failed_messages:
             return
         self._failed_messages.add(message)
-        log.error(
-            "trainspect: %s. Training goes on; what was not written is kept in memory "
-            "and retried (check free space and permissions of %s).",
-            message, self.path.parent,
-        )
+        log.error("trainspect: %s. Training goes on; %s (check free space and permissions "
+                  "of %s).", message, consequence, self.path.parent)
 
     def _shutdown(self) -> None:
         try:
             if self._last_ok:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as err:
-            self._report("could not checkpoint the WAL", err)
+            self._report("could not checkpoint the WAL", err, "the WAL file stays beside it")
         finally:
             self._conn.close()
+
+
+class _ItemFailed(Exception):
+    def __init__(self, err: Exception) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
 def _drain(queue: deque) -> list:
@@ -360,32 +407,3 @@ def _drain(queue: deque) -> list:
             out.append(queue.popleft())
         except IndexError:
             return out
-
-
-def _add_entries(columns: Columns, entries: list[tuple[int, float, dict[str, float]]]) -> None:
-    """Turn logged dicts into per-key arrays, a run of same-keyed dicts at a time."""
-    i, n = 0, len(entries)
-    while i < n:
-        keys = tuple(entries[i][2])
-        j = i + 1
-        while j < n and tuple(entries[j][2]) == keys:
-            j += 1
-        block = entries[i:j]
-        steps = np.fromiter((e[0] for e in block), np.int64, len(block))
-        times = np.fromiter((e[1] for e in block), np.float64, len(block))
-        vals = np.array([list(e[2].values()) for e in block], np.float64).reshape(
-            len(block), len(keys))  # (entries, keys)
-        for column, key in enumerate(keys):
-            columns.setdefault(key, []).append((steps, vals[:, column], times))
-        i = j
-
-
-def _merge_columns(first: Columns, second: Columns) -> Columns:
-    for key, segments in second.items():
-        first.setdefault(key, []).extend(segments)
-    return first
-
-
-def _real(value: float) -> float | None:
-    return value if not math.isnan(value) else None
-
