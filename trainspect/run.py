@@ -22,10 +22,11 @@ from trainspect.distributed import RankSync
 from trainspect.errors import TrainspectError
 from trainspect.flush import Flusher, Part
 from trainspect.inputs import as_step, check_counts, clean_metrics, config_dict
-from trainspect.paths import check_name, new_run_id, run_path, runs_dir
+from trainspect.paths import check_name, runs_dir
 from trainspect.probes.base import Probe
 from trainspect.records import ALERT_LEVELS, Alert, Scalar
 from trainspect.runinfo import describe_process
+from trainspect.store.claim import Claim, claim_run
 from trainspect.store.null import NullWriter
 
 log = logging.getLogger("trainspect")
@@ -86,26 +87,25 @@ class Run:
         self._ranks = RankSync()  # rank 0 writes; the flush pools every rank's probe state
         self._exporters: list[Any] = []
 
-        attempt, started_at, previous = 1, now, {}
-        if resume is not None and self._ranks.writes:
-            self.path, previous = self._find_resumed(resume)
-            self.id = self.path.stem
-            attempt = int(previous.get("attempt", 1)) + 1
-            started_at = float(previous.get("started_at", now))
-            name = name or previous.get("name")
-            self.config = {**dict(previous.get("config") or {}), **self.config}
-        else:
-            self.id = new_run_id(now)
-            self.path = run_path(self.root, project, self.id)
-        self.name = name or self.id
-        from trainspect.alerts import engine_for_run
+        claim = claim_run(self.root, project, resume, now, writes=self._ranks.writes)
+        self.id, self.path, previous = claim.id, claim.path, claim.previous
+        attempt = int(previous.get("attempt", 1)) + 1 if resume is not None else 1
+        started_at = float(previous.get("started_at", now))
+        self.name = name or previous.get("name") or self.id
+        self.config = {**dict(previous.get("config") or {}), **self.config}
+        try:
+            from trainspect.alerts import engine_for_run
 
-        # The alert rules (`run.alerts.add(rule)` adds more). Bad arguments raise here,
-        # before the run's file is created.
-        self.alerts = engine_for_run(alerts=alerts, alert_rules=alert_rules, webhook=webhook,
-                                     config=self.config,
-                                     run={"id": self.id, "project": project, "name": self.name})
-        self._writer = self._open_writer(attempt) if self._ranks.writes else NullWriter()
+            # The alert rules (`run.alerts.add(rule)` adds more). Bad arguments raise
+            # here; a file this init created is removed again.
+            self.alerts = engine_for_run(alerts=alerts, alert_rules=alert_rules,
+                                         webhook=webhook, config=self.config,
+                                         run={"id": self.id, "project": project,
+                                              "name": self.name})
+        except BaseException:
+            claim.abandon()
+            raise
+        self._writer = self._open_writer(claim, attempt)
         self.add_observer(self.alerts.observe)
         if exporters:
             self.export_to(*exporters)
@@ -120,23 +120,18 @@ class Run:
 
     # ---- opening the store ---------------------------------------------------------------
 
-    def _find_resumed(self, resume: str) -> tuple[Path, dict[str, Any]]:
-        from trainspect.store.reader import Reader
-
-        try:
-            view = Reader(self.root).run(f"{self.project}/{resume}")
-        except TrainspectError as err:
-            raise TrainspectError(f"cannot resume: `resume`={resume!r}: {err}") from err
-        meta = dict(view.meta)
-        view.close()
-        return view.path, meta
-
-    def _open_writer(self, attempt: int) -> Any:
+    def _open_writer(self, claim: Claim, attempt: int) -> Any:
+        """The store for the claimed file; a NullWriter, with one error, if it cannot be."""
+        if claim.lock is None and claim.error is None:
+            return NullWriter()  # a rank that does not write
         from trainspect.store.writer import StoreWriter
 
         try:
-            return StoreWriter(self.path, attempt=attempt)
+            if claim.error is not None:
+                raise claim.error
+            return StoreWriter(self.path, attempt=attempt, lock=claim.lock)
         except (OSError, sqlite3.Error, TrainspectError) as err:
+            claim.abandon()
             log.error(
                 "trainspect: cannot open the run store at %s (%s). Training goes on, but "
                 "this run records nothing: set `dir=` or $TRAINSPECT_DIR to a writable place.",

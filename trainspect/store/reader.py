@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,40 +22,10 @@ from trainspect.paths import RUN_SUFFIX, run_files, runs_dir
 from trainspect.store import schema
 from trainspect.store.chunks import decode, decode_steps, downsample
 from trainspect.store.connect import connect_for_read
+from trainspect.store.liveness import STALE_HEARTBEAT_S, derive_status
 from trainspect.store.matrices import unpack_matrix
 
-# A run still marked running whose heartbeat is older than this has crashed.
-STALE_HEARTBEAT_S = 60.0
-
-
-def derive_status(meta: dict[str, Any], now: float | None = None) -> str:
-    """running / finished / failed as written, or crashed when the writer is gone.
-
-    The writer beats every few seconds. A run whose process died (SIGKILL, OOM,
-    a lost node) stops beating: it shows as crashed once its heartbeat is stale,
-    or at once when it ran on this host and its process no longer exists.
-    """
-    status = str(meta.get("status", "unknown"))
-    if status != "running":
-        return status
-    now = time.time() if now is None else now
-    beat = float(meta.get("heartbeat_at") or meta.get("started_at") or 0.0)
-    if now - beat > STALE_HEARTBEAT_S:
-        return "crashed"
-    pid = meta.get("pid")
-    if meta.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-        return "crashed"
-    return status
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+__all__ = ["STALE_HEARTBEAT_S", "Reader", "RunView", "derive_status", "open"]
 
 
 class RunView:

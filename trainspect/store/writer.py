@@ -35,6 +35,7 @@ from trainspect.records import Scalar
 from trainspect.store import schema
 from trainspect.store.chunks import pack
 from trainspect.store.connect import connect_for_write
+from trainspect.store.lock import WriterLock
 from trainspect.store.merge import INSERT_CHUNK, MERGE_FANOUT, ChunkMerger
 from trainspect.store.rows import (
     Columns,
@@ -93,8 +94,10 @@ class StoreWriter:
         interval_s: float = 0.25,
         heartbeat_s: float = 5.0,
         observers: list[Observer] | None = None,
+        lock: WriterLock | None = None,
     ) -> None:
         self.path = path
+        self.lock = lock  # released when the writer stops
         self.attempt = attempt
         self.interval_s = interval_s
         self.heartbeat_s = heartbeat_s
@@ -117,9 +120,13 @@ class StoreWriter:
         self._merger = ChunkMerger(attempt)
 
         self._conn = connect_for_write(path)
-        schema.migrate(self._conn, path)
-        self._seq = schema.max_seq(self._conn)
-        self._key_ids = self._read_key_ids()
+        try:
+            schema.migrate(self._conn, path)
+            self._seq = schema.max_seq(self._conn)
+            self._key_ids = self._read_key_ids()
+        except BaseException:
+            self._conn.close()
+            raise
         self._last_heartbeat = 0.0
         self._thread = threading.Thread(target=self._loop, name="trainspect-writer", daemon=True)
         self._thread.start()
@@ -392,6 +399,8 @@ class StoreWriter:
             self._report("could not checkpoint the WAL", err, "the WAL file stays beside it")
         finally:
             self._conn.close()
+            if self.lock is not None:
+                self.lock.release()
 
 
 class _ItemFailed(Exception):
