@@ -10,10 +10,10 @@ from trainspect.summary import key_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from trainspect.cli import add_dir_argument
+    from trainspect.cli import add_dir_argument, add_run_argument
 
     parser = sub.add_parser("show", help="summary of one run: metrics, samples, alerts")
-    parser.add_argument("run", help="run id, a unique prefix of it, or project/run_id")
+    add_run_argument(parser)
     add_dir_argument(parser)
     parser.add_argument("--samples", action="store_true", help="print the latest samples")
     parser.set_defaults(handler=run)
