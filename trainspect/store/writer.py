@@ -3,52 +3,40 @@
 The training thread only appends to deques (a few hundred nanoseconds). This thread
 wakes every `interval_s`, or at once when asked to flush, runs the pending jobs
 (flush resolutions that turn device buffers into records), packs scalar points into
-one chunk per key, and commits the batch in one transaction.
+one chunk per key, and commits the batch in one transaction (`store/commit.py`).
 
 What can go wrong, and what happens (docs/architecture.md, "Faults"):
-- a bad record (a step outside int64, a value json cannot encode) is dropped alone,
-  before the transaction, and counted in the run's meta; the rest is written;
+- a bad record (a step outside int64, a value json cannot encode) is dropped alone
+  and counted in the run's meta (`dropped_points`, `dropped_records`);
 - SQLite cannot write (full disk, read-only file, I/O error): the batch is kept in
-  memory (bounded) and retried; one log line says so;
-- any other error inside the transaction: the batch is written again one item at a
-  time, each in its own savepoint, so only the item that fails is dropped;
-- key ids are cached only once their transaction has committed, so a rollback can
-  never hand one key's id to another.
+  memory (bounded) and retried; one log line says so; `flush()` returns False;
+- the run file or its folder is removed while the run writes: the file is made
+  again with the run's meta, one critical alert and a count of what went with the
+  old file (`file_recreated`, `lost_points`, `lost_records`); `flush()` returns
+  False once for it. What was committed after the removal is written again.
 The training thread never sees any of it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from trainspect.records import Scalar
+from trainspect.errors import TrainspectError
+from trainspect.records import Alert, Scalar
 from trainspect.store import schema
-from trainspect.store.chunks import pack
+from trainspect.store.commit import Batch, Committer
 from trainspect.store.connect import connect_for_write
-from trainspect.store.lock import WriterLock
-from trainspect.store.merge import INSERT_CHUNK, MERGE_FANOUT, ChunkMerger
-from trainspect.store.rows import (
-    Columns,
-    Dropped,
-    Row,
-    add_entries,
-    count_points,
-    merge_columns,
-    meta_rows,
-    real,
-    record_rows,
-    scalar_entries,
-)
+from trainspect.store.lock import Busy, WriterLock
+from trainspect.store.merge import MERGE_FANOUT
+from trainspect.store.rows import Columns, Dropped, add_entries, count_points, scalar_entries
 
 __all__ = ["MAX_HELD_POINTS", "MAX_HELD_RECORDS", "MERGE_FANOUT", "StoreWriter"]
 
@@ -60,27 +48,6 @@ MAX_HELD_RECORDS = 10_000
 Job = Callable[[], Iterable[Any]]
 # Sees each committed batch once (new scalar columns, other records); may add records.
 Observer = Callable[[Columns, list[Any]], Iterable[Any]]
-
-_UPSERT_META = ("INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-
-
-@dataclass
-class Batch:
-    """One tick's worth of data: scalar columns, other records, meta updates."""
-
-    columns: Columns = field(default_factory=dict)
-    records: list[Any] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.columns or self.records or self.meta)
-
-    def add(self, later: Batch) -> Batch:
-        merge_columns(self.columns, later.columns)
-        self.records.extend(later.records)
-        self.meta.update(later.meta)
-        return self
 
 
 class StoreWriter:
@@ -111,25 +78,32 @@ class StoreWriter:
         self._wake = threading.Event()
         self._stopping = False
         self._last_ok = True
+        self._lost_since_flush = False
         self._failed_messages: set[str] = set()
-        self._meta_warned: set[str] = set()
         self.write_errors = 0
         self.dropped = Dropped()
-        self._dropped_stored = self._dropped_in_batch = (0, 0)
+        self.lost = {"file_recreated": 0, "lost_points": 0, "lost_records": 0}
         self._held = Batch()  # kept after a failed write, retried first on the next tick
-        self._merger = ChunkMerger(attempt)
-
-        self._conn = connect_for_write(path)
-        try:
-            schema.migrate(self._conn, path)
-            self._seq = schema.max_seq(self._conn)
-            self._key_ids = self._read_key_ids()
-        except BaseException:
-            self._conn.close()
-            raise
+        self._meta_written: dict[str, Any] = {}  # to write again into a recreated file
+        self._last_step = 0
+        self._conn: sqlite3.Connection | None = None
+        self._gone = (0, 0)  # points and records committed to a file that was removed
+        self._open()
         self._last_heartbeat = 0.0
         self._thread = threading.Thread(target=self._loop, name="trainspect-writer", daemon=True)
         self._thread.start()
+
+    def _open(self) -> None:
+        """(Re)open the run file: create it if missing, migrate, learn its seqs and keys."""
+        conn = connect_for_write(self.path)
+        try:
+            schema.migrate(conn, self.path)
+            self._committer = Committer(conn, self.attempt, self.dropped)
+            self._identity = _identity(self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
 
     @property
     def dropped_points(self) -> int:
@@ -142,13 +116,16 @@ class StoreWriter:
         self._wake.set()
 
     def flush(self, timeout: float = 60.0) -> bool:
-        """Block until everything enqueued so far is committed; False if it could not be."""
+        """Block until everything enqueued so far is committed; False if it could not be,
+        or if the run file had to be made again since the last flush (data was lost)."""
         if not self._thread.is_alive():
             return False
         done = threading.Event()
         self._barriers.append(done)
         self._wake.set()
-        return done.wait(timeout) and self._last_ok
+        ok = done.wait(timeout) and self._last_ok
+        lost, self._lost_since_flush = self._lost_since_flush, False
+        return ok and not lost
 
     def close(self, timeout: float = 60.0) -> bool:
         """Write what is left, checkpoint the WAL into the main file and stop."""
@@ -187,16 +164,24 @@ class StoreWriter:
 
     def _tick(self, final: bool = False) -> None:
         batch, self._held = self._held, Batch()
-        fresh = self._take_fresh()
-        batch.add(fresh)
+        batch.add(self._take_fresh())
         now = time.time()
-        if final or now - self._last_heartbeat >= self.heartbeat_s:
-            batch.meta["heartbeat_at"] = now
-        if (self.dropped.points, self.dropped.records) != self._dropped_stored:
-            batch.meta["heartbeat_at"] = now  # a drop since the last commit: store its count
+        if final or now - self._last_heartbeat >= self.heartbeat_s or (
+                self._conn is not None and self._committer.drops_unstored):
+            batch.meta["heartbeat_at"] = now  # and a drop's count, when there is one
         if not batch:
             return
-        if self._commit(batch) and batch.meta.get("heartbeat_at") == now:
+        if not self._file_is_ours() and not self._reopen(batch):
+            self._hold(batch)
+            return
+        if not self._commit(batch):
+            return
+        if not self._file_is_ours():  # removed while we wrote: write the batch again
+            self._committer.uncount(batch)
+            self._held = batch.add(self._held)
+            return
+        self._meta_written.update(batch.meta)
+        if batch.meta.get("heartbeat_at") == now:
             self._last_heartbeat = now
 
     def _take_fresh(self) -> Batch:
@@ -220,150 +205,71 @@ class StoreWriter:
                 self._report("an observer failed", err, "the batch is stored without it")
         for update in _drain(self._meta):
             fresh.meta.update(update)
+        for segments in fresh.columns.values():
+            self._last_step = max(self._last_step, int(segments[-1][0][-1]))
         return fresh
 
-    # ---- one transaction ----------------------------------------------------------------
-
     def _commit(self, batch: Batch) -> bool:
-        """Write `batch`; True once it is committed. Bad items are dropped and counted."""
-        rows, batch.records = self._record_rows(batch.records)
+        """Write `batch`; True once it is committed, else it is held for the next tick."""
         try:
-            written = self._write(batch, rows)
+            written = self._committer.commit(batch)
         except sqlite3.OperationalError as err:  # full disk, read-only, I/O error, locked
             self._hold(batch)
             self._report(f"could not write to {self.path}", err,
                          "what was not written is kept in memory and retried")
             self._last_ok = False
             return False
-        except Exception as err:  # the same error would come back: isolate the bad item
-            log.debug("trainspect: batch failed, writing item by item", exc_info=err)
-            try:
-                written = self._write_one_by_one(batch, rows)
-            except sqlite3.OperationalError as again:
-                self._hold(batch)
-                self._report(f"could not write to {self.path}", again,
-                             "what was not written is kept in memory and retried")
-                self._last_ok = False
-                return False
         self._last_ok = True
         try:
-            self._merger.after_write(self._conn, written)
+            self._committer.merge(written)
         except sqlite3.Error as err:
             self._report(f"could not merge chunks in {self.path}", err,
                          "the small chunks stay as they are")
         return True
 
-    def _record_rows(self, records: list[Any]) -> tuple[list[list[Row]], list[Any]]:
-        """Each record's rows; a record that cannot become rows is dropped here, alone."""
-        rows, kept = [], []
-        for record in records:
-            try:
-                rows.append(record_rows(record, self._next_seq))
-                kept.append(record)
-            except Exception as err:  # any bad value: drop this record, count it, say it once
-                self.dropped.record(record, err)
-        return rows, kept
+    # ---- the file removed under the writer ----------------------------------------------
 
-    def _meta_rows(self, batch: Batch) -> list[tuple[str, str]]:
-        self._dropped_in_batch = (self.dropped.points, self.dropped.records)
-        if self._dropped_in_batch != self._dropped_stored:
-            batch.meta.update(dropped_points=self.dropped.points,
-                              dropped_records=self.dropped.records)
-        return meta_rows(batch.meta, self._meta_warned)
+    def _file_is_ours(self) -> bool:
+        return self._conn is not None and _identity(self.path) == self._identity
 
-    def _chunk_rows(self, columns: Columns) -> list[tuple[str, tuple]]:
-        out = []
-        for name, segments in columns.items():
-            if len(segments) == 1:
-                steps, vals, times = segments[0]
-            else:
-                steps, vals, times = (np.concatenate(parts) for parts in zip(*segments))
-            chunk = pack(steps, vals, times)
-            out.append((name, (
-                self._next_seq(), None, self.attempt, 0 if chunk.ordered else -1, chunk.n,
-                chunk.step_min, chunk.step_max, chunk.vmin, chunk.vmax, real(chunk.vlast),
-                chunk.steps, chunk.vals, chunk.times)))
-        return out
-
-    def _write(self, batch: Batch, rows: list[list[Row]]) -> list[int]:
-        """One transaction; key ids it creates are cached only after the commit."""
-        chunks, meta = self._chunk_rows(batch.columns), self._meta_rows(batch)
-        new_keys: dict[str, int] = {}
-        with self._conn:
-            chunk_rows = [(p[0], self._key_id(name, new_keys), *p[2:]) for name, p in chunks]
-            self._conn.executemany(INSERT_CHUNK, chunk_rows)
-            for record in rows:
-                for sql, params in record:
-                    self._conn.execute(sql, params)
-            self._conn.executemany(_UPSERT_META, meta)
-        self._committed(new_keys)
-        return [row[1] for row in chunk_rows if row[3] == 0]
-
-    def _write_one_by_one(self, batch: Batch, rows: list[list[Row]]) -> list[int]:
-        """The same batch, each key's chunk, record and meta value in its own savepoint."""
-        chunks, meta = self._chunk_rows(batch.columns), self._meta_rows(batch)
-        new_keys: dict[str, int] = {}
-        written: list[int] = []
-        with self._conn:
-            self._conn.execute("BEGIN")
-            for name, params in chunks:
-                item_keys: dict[str, int] = {}
-                try:
-                    self._savepoint(lambda n=name, p=params, k=item_keys: self._conn.execute(
-                        INSERT_CHUNK, (p[0], self._key_id(n, {**new_keys, **k}, k), *p[2:])))
-                except _ItemFailed as failed:
-                    self.dropped.point(failed.err, f"chunk of {name!r}", params[4])
-                    continue
-                new_keys.update(item_keys)
-                if params[3] == 0:
-                    written.append(self._key_id(name, new_keys))
-            for record, record_rows_ in zip(batch.records, rows):
-                try:
-                    self._savepoint(lambda r=record_rows_: [self._conn.execute(*x) for x in r])
-                except _ItemFailed as failed:
-                    self.dropped.record(record, failed.err)
-            for key, value in meta:
-                try:
-                    self._savepoint(lambda k=key, v=value: self._conn.execute(
-                        _UPSERT_META, (k, v)))
-                except _ItemFailed as failed:
-                    log.warning("trainspect: could not store meta %r: %s", key, failed.err)
-        self._committed(new_keys)
-        return written
-
-    def _savepoint(self, write: Callable[[], Any]) -> None:
-        """Run `write` in a savepoint; roll only it back (and raise _ItemFailed) if it fails."""
-        self._conn.execute("SAVEPOINT item")
+    def _reopen(self, batch: Batch) -> bool:
+        """Make the run file again; the batch gets the run's meta, the counts of what went
+        with the old file and one critical alert. False if it cannot be made yet."""
+        if self._conn is not None:  # what this writer committed went with the old file
+            self._gone = (self._committer.points, self._committer.records)
+            self._conn.close()
+            self._conn = None
         try:
-            write()
-        except sqlite3.OperationalError:
-            raise  # the disk, not the item: the whole batch is held
-        except Exception as err:
-            self._conn.execute("ROLLBACK TO item")
-            self._conn.execute("RELEASE item")
-            raise _ItemFailed(err) from err
-        self._conn.execute("RELEASE item")
+            self._open()
+        except (OSError, sqlite3.Error, TrainspectError) as err:
+            self._report(f"the run file {self.path} was removed and cannot be made again",
+                         err, "what was not written is kept in memory and retried")
+            self._last_ok = False
+            return False
+        self._renew_lock()
+        lost, self._gone = self._gone, (0, 0)
+        self.lost["file_recreated"] += 1
+        self.lost["lost_points"] += lost[0]
+        self.lost["lost_records"] += lost[1]
+        self._lost_since_flush = True
+        batch.meta = {**self._meta_written, **batch.meta, **self.lost}
+        message = (f"the run file {self.path} was removed while the run was writing it; "
+                   f"it was made again, but the {lost[0]:,} points and {lost[1]:,} records "
+                   "written to it before are gone")
+        action = ("Keep the runs directory while runs write to it; restore the old file from "
+                  "a backup if you have one.")
+        log.error("trainspect: %s. %s", message, action)
+        batch.records.append(Alert(step=self._last_step, rule="store_lost", level="critical",
+                                   message=message, action=action, wall_time=time.time()))
+        return True
 
-    def _committed(self, new_keys: dict[str, int]) -> None:
-        self._key_ids.update(new_keys)
-        self._dropped_stored = self._dropped_in_batch  # later drops go in the next batch
-
-    def _key_id(self, name: str, known: dict[str, int],
-                new: dict[str, int] | None = None) -> int:
-        """The key's id; a new key is inserted and recorded in `new` (default: `known`),
-        to join the cache only once the transaction commits."""
-        key_id = self._key_ids.get(name) or known.get(name)
-        if key_id is None:
-            key_id = self._conn.execute("INSERT INTO keys (name) VALUES (?)", (name,)).lastrowid
-            (known if new is None else new)[name] = key_id
-        return key_id
-
-    def _read_key_ids(self) -> dict[str, int]:
-        return {name: key_id for key_id, name in self._conn.execute("SELECT id, name FROM keys")}
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def _renew_lock(self) -> None:
+        if self.lock is None:
+            return
+        try:
+            self.lock.renew(self.path)
+        except (Busy, OSError) as err:
+            log.warning("trainspect: could not lock the recreated %s: %s", self.path, err)
 
     # ---- failures ---------------------------------------------------------------------
 
@@ -393,20 +299,24 @@ class StoreWriter:
 
     def _shutdown(self) -> None:
         try:
-            if self._last_ok:
+            if self._last_ok and self._conn is not None:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as err:
             self._report("could not checkpoint the WAL", err, "the WAL file stays beside it")
         finally:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
             if self.lock is not None:
                 self.lock.release()
 
 
-class _ItemFailed(Exception):
-    def __init__(self, err: Exception) -> None:
-        super().__init__(str(err))
-        self.err = err
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what is at `path` now; None when nothing is."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _drain(queue: deque) -> list:
