@@ -29,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if git:
         print(f"  git      {git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''}")
     print(f"  file     {view.path}")
+    losses = {k: meta[k] for k in ("dropped_points", "dropped_records", "lost_points",
+                                   "lost_records", "file_recreated") if meta.get(k)}
+    if losses or meta.get("store_error"):
+        print("  store    " + ", ".join(f"{k}={v:,}" for k, v in losses.items())
+              + (f"  ({meta['store_error']})" if meta.get("store_error") else ""))
     if view.config:
         print("  config   " + ", ".join(f"{k}={v}" for k, v in list(view.config.items())[:12]))
     rows = []

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from trainspect.errors import TrainspectError
 from trainspect.store import filecheck, schema
 from trainspect.store.connect import READ_CONNECTIONS, connect_for_read
+from trainspect.store.lock import lock_path, read_lock
 
 
 class RunFile:
@@ -43,6 +44,10 @@ class RunFile:
             self.meta = {key: json.loads(value) for key, value in rows}
         except ValueError as err:
             raise unreadable(self.path, f"its meta is not JSON ({err})") from None
+        if self.meta.get("status") == "running":  # unless its writer left a last word
+            word = read_lock(lock_path(self.path))
+            if "status" in word:
+                self.meta.update({k: v for k, v in word.items() if k != "since"})
         return self
 
     def check(self) -> RunFile:

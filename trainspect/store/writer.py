@@ -298,6 +298,9 @@ class StoreWriter:
                   "of %s).", message, consequence, self.path.parent)
 
     def _shutdown(self) -> None:
+        keep_lock = False
+        if self._held:  # the final write failed (a full disk): what is held now is lost
+            keep_lock = self._give_up(self._held)
         try:
             if self._last_ok and self._conn is not None:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -307,7 +310,45 @@ class StoreWriter:
             if self._conn is not None:
                 self._conn.close()
             if self.lock is not None:
-                self.lock.release()
+                self.lock.release(keep=keep_lock)
+
+    def _give_up(self, batch: Batch) -> bool:
+        """Count what cannot be written at the end, and record how the run ended: in the
+        run file if a small meta write still fits, else as the lock file's last word.
+        True when the lock file holds it (and must stay)."""
+        points, records = count_points(batch.columns), len(batch.records)
+        self.dropped.points += points
+        self.dropped.records += records
+        final = {**batch.meta, "dropped_points": self.dropped.points,
+                 "dropped_records": self.dropped.records,
+                 "store_error": f"the store could not be written at the end: {points:,} "
+                                f"points and {records:,} records were lost"}
+        where, kept = self._write_final(final), False
+        if where is None and self.lock is not None and self.lock.leave_word(final):
+            where, kept = f"in {self.lock.path}, which readers take it from", True
+        log.error(
+            "trainspect: could not write %s at the end of the run: %s points and %s records "
+            "that were waiting are lost (%s points and %s records in all). The run's status "
+            "(%s) is %s. Free some space before the next run.", self.path, f"{points:,}",
+            f"{records:,}", f"{self.dropped.points:,}", f"{self.dropped.records:,}",
+            final.get("status", "?"), where or "not recorded anywhere: it will read as crashed")
+        return kept
+
+    def _write_final(self, final: dict[str, Any]) -> str | None:
+        """Write `final` as the run's meta, after a WAL checkpoint if the first try fails."""
+        if self._conn is None:
+            return None
+        for attempt in range(2):
+            try:
+                self._committer.commit(Batch(meta=dict(final)))
+                return "in the run file"
+            except sqlite3.Error as err:
+                log.debug("trainspect: final meta write %d failed: %s", attempt, err)
+            try:  # moving the WAL into the file may free WAL space for the small write
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as err:
+                log.debug("trainspect: checkpoint at the end failed: %s", err)
+        return None
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
