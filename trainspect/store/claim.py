@@ -110,4 +110,8 @@ def claim_run(root: Path, project: str, resume: str | None, now: float,
         view.close()
     except TrainspectError as err:
         raise TrainspectError(f"cannot resume: `resume`={resume!r}: {err}") from err
-    return Claim(view.id, view.path, claim_existing(view.path, meta, now), meta)
+    try:
+        lock = claim_existing(view.path, meta, now)
+    except OSError as err:  # e.g. a read-only folder: the run goes on, recording nothing
+        return Claim(view.id, view.path, previous=meta, error=err)
+    return Claim(view.id, view.path, lock, meta)

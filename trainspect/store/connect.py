@@ -34,15 +34,28 @@ def connect_for_write(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def connect_for_read(path: Path) -> sqlite3.Connection:
-    """Open a run file read-only; works while its writer is writing."""
+def connect_for_read(path: Path, immutable: bool = False) -> sqlite3.Connection:
+    """Open a run file read-only; works while its writer is writing.
+
+    `immutable` is for a file no one can be writing: a WAL-mode file in a folder
+    where its -shm cannot be created (a read-only share) opens only that way.
+    """
     if not path.is_file():
         raise TrainspectError(f"no run file at {path}")
     conn = sqlite3.connect(
-        f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        f"{path.resolve().as_uri()}?mode=ro{'&immutable=1' if immutable else ''}", uri=True,
+        check_same_thread=False,
     )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return conn
+
+
+def cannot_share(err: sqlite3.Error, path: Path) -> bool:
+    """True when a read failed only because the WAL's shared files cannot be created (a
+    read-only folder) and no writer has them: such a file can be opened immutable."""
+    text = str(err).lower()
+    return ("readonly" in text or "unable to open" in text) and not path.with_name(
+        path.name + "-wal").exists()
 
 
 class OpenLimit:

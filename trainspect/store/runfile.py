@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from trainspect.errors import TrainspectError
 from trainspect.store import filecheck, schema
-from trainspect.store.connect import READ_CONNECTIONS, connect_for_read
+from trainspect.store.connect import READ_CONNECTIONS, cannot_share, connect_for_read
 from trainspect.store.lock import lock_path, read_lock
 
 
@@ -44,11 +44,20 @@ class RunFile:
             self.meta = {key: json.loads(value) for key, value in rows}
         except ValueError as err:
             raise unreadable(self.path, f"its meta is not JSON ({err})") from None
-        if self.meta.get("status") == "running":  # unless its writer left a last word
-            word = read_lock(lock_path(self.path))
-            if "status" in word:
-                self.meta.update({k: v for k, v in word.items() if k != "since"})
+        self._take_last_word()
         return self
+
+    def _take_last_word(self) -> None:
+        """A writer that could not write the file at the end left how the run ended in its
+        lock file (`store/lock.py`); it counts when the file still says running, or when
+        it is a later attempt's."""
+        lock = lock_path(self.path)
+        if not lock.exists():
+            return
+        word = read_lock(lock)
+        if "status" in word and (self.meta.get("status") == "running" or int(
+                word.get("attempt") or 0) > int(self.meta.get("attempt") or 0)):
+            self.meta.update({k: v for k, v in word.items() if k != "since"})
 
     def check(self) -> RunFile:
         """Read what a run list reads (meta, chunk summaries, alerts); TrainspectError if
@@ -82,9 +91,14 @@ class RunFile:
             raise unreadable(self.path, why)
         conn = connect_for_read(self.path)
         try:
-            schema.check_readable(conn, self.path)
-            tables = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            try:
+                tables = self._tables(conn)
+            except sqlite3.OperationalError as err:
+                if not cannot_share(err, self.path):
+                    raise
+                conn.close()
+                conn = connect_for_read(self.path, immutable=True)  # a read-only folder
+                tables = self._tables(conn)
         except BaseException:
             conn.close()
             raise
@@ -96,6 +110,10 @@ class RunFile:
                 "on a full disk); delete it") if not tables else (
                 f"tables {', '.join(missing)} are missing: not a trainspect run file"))
         return conn
+
+    def _tables(self, conn: sqlite3.Connection) -> set[str]:
+        schema.check_readable(conn, self.path)
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     @staticmethod
     def _has(conn: sqlite3.Connection, table: str) -> bool:

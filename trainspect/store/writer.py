@@ -326,12 +326,12 @@ class StoreWriter:
         where, kept = self._write_final(final), False
         if where is None and self.lock is not None and self.lock.leave_word(final):
             where, kept = f"in {self.lock.path}, which readers take it from", True
-        log.error(
-            "trainspect: could not write %s at the end of the run: %s points and %s records "
-            "that were waiting are lost (%s points and %s records in all). The run's status "
-            "(%s) is %s. Free some space before the next run.", self.path, f"{points:,}",
-            f"{records:,}", f"{self.dropped.points:,}", f"{self.dropped.records:,}",
-            final.get("status", "?"), where or "not recorded anywhere: it will read as crashed")
+        log.error("trainspect: could not write %s at the end of the run: %s points and %s "
+                  "records that were waiting are lost (%s and %s in all). The run's status (%s) "
+                  "is %s. Check free space and permissions there before the next run.",
+                  self.path, f"{points:,}", f"{records:,}", f"{self.dropped.points:,}",
+                  f"{self.dropped.records:,}", final.get("status", "?"),
+                  where or "not recorded anywhere: it will read as crashed")
         return kept
 
     def _write_final(self, final: dict[str, Any]) -> str | None:
