@@ -12,7 +12,7 @@ from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
-from trainspect.errors import TrainspectError
+from trainspect.errors import TrainspectError, safe_repr
 
 MAX_STEP = 2**63 - 1  # the store keeps steps as int64
 
@@ -28,9 +28,9 @@ def as_step(step: Any) -> int:
             raise TrainspectError("expected `step` to be an int, got a tensor (reading it "
                                   "would wait for the device): pass int(step) or a counter")
         if isinstance(step, bool) or not isinstance(step, Real):
-            raise TrainspectError(f"expected `step` to be an int, got {step!r}")
+            raise TrainspectError(f"expected `step` to be an int, got {safe_repr(step, 80)}")
         if not isinstance(step, Integral) and (not math.isfinite(step) or step != int(step)):
-            raise TrainspectError(f"expected `step` to be a whole number, got {step!r}")
+            raise TrainspectError(f"expected `step` to be a whole number, got {step}")
         step = int(step)
     if not 0 <= step <= MAX_STEP:
         raise TrainspectError(f"expected `step` to be an int in [0, 2**63), got {step}")

@@ -19,7 +19,7 @@ from trainspect import lifecycle
 from trainspect.clock import StepClock
 from trainspect.console import console_for_verbose, log_alert
 from trainspect.distributed import RankSync
-from trainspect.errors import TrainspectError
+from trainspect.errors import TrainspectError, safe_repr
 from trainspect.flush import Flusher, Part
 from trainspect.inputs import as_step, check_counts, clean_metrics, config_dict
 from trainspect.paths import check_name, runs_dir
@@ -197,8 +197,10 @@ class Run:
         self.rejected_values += 1
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("trainspect: step %d: dropped %s=%.80r (%s); this warning is shown once "
-                        "per key, rejected values are counted", self._step, key, value, why)
+            log.warning("trainspect: step %d: dropped %s=%s (%s); this warning is shown once "
+                        "per key, rejected values are counted", self._step,
+                        key if isinstance(key, str) else safe_repr(key, 80),
+                        safe_repr(value, 80), why)
 
     def observe(
         self,
@@ -231,19 +233,20 @@ class Run:
         if self._finished:
             self._reject("observe", stream, "the run has finished")
             return
+        name = safe_repr(stream, 80)
         try:
             step = self._advance(step)
-        except TrainspectError as err:
-            self._input_alert(f"observe:{stream}:step", f"observe(stream={stream!r}): {err}",
+        except Exception as err:  # TrainspectError, or a step odd enough to break the check
+            self._input_alert(f"observe:{name}:step", f"observe(stream={name}): {err}",
                               "Pass the loop's integer step; this batch was skipped.")
             return
         problem = self._observe_problem(logits, labels, mask, target_logits, stream, group,
                                         input_ids, attention_mask, ignore_index, token_names)
         if problem is not None:
             kind = "".join(c for c in problem if not c.isdigit())  # one alert per kind
-            self._input_alert(f"observe:{stream}:{kind}", f"observe(stream={stream!r}): "
-                              f"{problem}", "Fix the arguments passed to run.observe; this "
-                              "batch was skipped and training goes on.")
+            self._input_alert(f"observe:{name}:{kind}", f"observe(stream={name}): {problem}",
+                              "Fix the arguments passed to run.observe; this batch was "
+                              "skipped and training goes on.")
             return
         try:
             if "tokens" in self._disabled:

@@ -20,6 +20,12 @@ from typing import Any
 _STREAM = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
+def _repr(value: Any) -> str:
+    from trainspect.errors import safe_repr
+
+    return safe_repr(value, 80)
+
+
 def _shape(value: Any) -> str:
     return str(tuple(value.shape)) if hasattr(value, "shape") else type(value).__name__
 
@@ -31,9 +37,9 @@ def observe_problem(logits: Any, labels: Any, mask: Any, target_logits: Any, str
     import torch
 
     if not isinstance(stream, str) or not _STREAM.match(stream):
-        return f"expected `stream` to be a short name like 'text', got {stream!r}"
+        return f"expected `stream` to be a short name like 'text', got {_repr(stream)}"
     if group is not None and (not isinstance(group, str) or not _STREAM.match(group)):
-        return f"expected `group` to be a short name like 'pos' or 'cb', got {group!r}"
+        return f"expected `group` to be a short name like 'pos' or 'cb', got {_repr(group)}"
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         return f"expected `logits` to be a float tensor [..., V], got {_shape(logits)}" + (
             f" of {logits.dtype}" if isinstance(logits, torch.Tensor) else "")
@@ -53,7 +59,7 @@ def observe_problem(logits: Any, labels: Any, mask: Any, target_logits: Any, str
         return (f"`labels` {_shape(labels)} does not match `logits` {_shape(logits)}: expected "
                 f"{expected} (a causal LM passes logits[:, :-1] with labels[:, 1:])")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        return f"expected `ignore_index` to be an int like -100, got {ignore_index!r}"
+        return f"expected `ignore_index` to be an int like -100, got {_repr(ignore_index)}"
     if token_names is not None and not isinstance(token_names, dict):
         return f"expected `token_names` to be a dict {{id: name}}, got {type(token_names).__name__}"
     if mask is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trainspect.errors import safe_repr
 from trainspect.records import Alert, EvalExample, Matrix, SampleRow, Scalar
 from trainspect.store.matrices import pack_matrix
 
@@ -48,7 +49,7 @@ class Dropped:
         self.records += 1
         kind = type(record).__name__
         self._say((kind, type(err).__name__),
-                  f"a {kind} record (step={getattr(record, 'step', '?')!r}): "
+                  f"a {kind} record (step={safe_repr(getattr(record, 'step', '?'), 40)}): "
                   f"{type(err).__name__}: {err}")
 
     def _say(self, kind: tuple[str, str], what: str) -> None:
@@ -82,8 +83,8 @@ def add_entries(columns: Columns, entries: list[Entry], dropped: Dropped) -> Non
             times = np.fromiter((e[1] for e in block), np.float64, len(block))
             vals = np.array([list(e[2].values()) for e in block], np.float64).reshape(
                 len(block), len(keys))  # (entries, keys)
-        except (OverflowError, TypeError, ValueError):
-            block = _good_entries(block, dropped)  # rare: find the bad ones one by one
+        except Exception:  # any value that will not convert: find the bad ones one by one
+            block = _good_entries(block, dropped)
             if not block:
                 i = j
                 continue
@@ -101,8 +102,8 @@ def _good_entries(block: list[Entry], dropped: Dropped) -> list[Entry]:
         try:
             good.append((check_step(step), float(wall_time),
                          {k: float(v) for k, v in values.items()}))
-        except (OverflowError, TypeError, ValueError) as err:
-            dropped.point(err, f"step={step!r}", len(values))
+        except Exception as err:  # a point that will not convert: drop it, count it
+            dropped.point(err, f"step={safe_repr(step)}", len(values))
     return good
 
 
@@ -112,8 +113,8 @@ def scalar_entries(records: list[Any], dropped: Dropped) -> list[Entry]:
     for r in records:
         try:
             entries.append((check_step(r.step), float(r.wall_time), {str(r.key): float(r.value)}))
-        except (OverflowError, TypeError, ValueError) as err:
-            dropped.point(err, f"key={r.key!r}, step={r.step!r}")
+        except Exception as err:  # a point that will not convert: drop it, count it
+            dropped.point(err, f"key={safe_repr(r.key)}, step={safe_repr(r.step)}")
     return entries
 
 
@@ -137,21 +138,14 @@ def meta_rows(meta: dict[str, Any], warned: set[str]) -> list[tuple[str, str]]:
     for key, value in meta.items():
         try:
             rows.append((str(key), to_json(value)))
-        except (TypeError, ValueError, RecursionError) as err:
-            rows.append((str(key), json.dumps(_safe_repr(value))))
+        except Exception as err:  # json's own errors, or a __repr__ that raises
+            rows.append((str(key), json.dumps(safe_repr(value))))
             if key not in warned:
                 warned.add(key)
                 log.warning("trainspect: meta %r cannot be stored as JSON (%s); its repr is "
                             "stored instead: pass plain dicts, lists, numbers and strings",
                             key, err)
     return rows
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return repr(value)[:10_000]
-    except Exception as err:  # a __repr__ that raises: say so instead of storing nothing
-        return f"<unrepresentable {type(value).__name__}: {type(err).__name__}>"
 
 
 def record_rows(record: Any, next_seq: Callable[[], int]) -> list[Row]:

@@ -163,17 +163,21 @@ class StoreWriter:
                 return
 
     def _tick(self, final: bool = False) -> None:
-        batch, self._held = self._held, Batch()
-        batch.add(self._take_fresh())
+        batch = self._held.add(self._take_fresh())
+        self._held = Batch()
         now = time.time()
         if final or now - self._last_heartbeat >= self.heartbeat_s or (
                 self._conn is not None and self._committer.drops_unstored):
             batch.meta["heartbeat_at"] = now  # and a drop's count, when there is one
         if not batch:
             return
-        if not self._file_is_ours() and not self._reopen(batch):
+        try:
+            if not self._file_is_ours() and not self._reopen(batch):
+                self._hold(batch)
+                return
+        except Exception:  # a bug: keep the batch (the loop's log line says so)
             self._hold(batch)
-            return
+            raise
         if not self._commit(batch):
             return
         if not self._file_is_ours():  # removed while we wrote: write the batch again
@@ -213,7 +217,7 @@ class StoreWriter:
         """Write `batch`; True once it is committed, else it is held for the next tick."""
         try:
             written = self._committer.commit(batch)
-        except sqlite3.OperationalError as err:  # full disk, read-only, I/O error, locked
+        except Exception as err:  # OperationalError: full disk, read-only, I/O; else a bug
             self._hold(batch)
             self._report(f"could not write to {self.path}", err,
                          "what was not written is kept in memory and retried")
