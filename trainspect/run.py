@@ -24,10 +24,11 @@ from trainspect.flush import Flusher, Part
 from trainspect.inputs import as_step, check_counts, clean_metrics, config_dict
 from trainspect.paths import check_name, runs_dir
 from trainspect.probes.base import Probe
-from trainspect.records import ALERT_LEVELS, Alert, Scalar
+from trainspect.records import ALERT_LEVELS, Alert
 from trainspect.runinfo import describe_process
 from trainspect.store.claim import Claim, claim_run
 from trainspect.store.null import NullWriter
+from trainspect.window import probe_part, tensor_parts
 
 log = logging.getLogger("trainspect")
 
@@ -446,8 +447,9 @@ class Run:
         """Queue the window's device values for the writer; never waits for the device."""
         try:
             probes = self._ranks.agree(self, list(self._probes.values()))
-            parts = [self._probe_part(p) for p in probes]
-            parts.extend(self._tensor_parts())
+            parts = [probe_part(p, self._clock.step, self.probe_failed) for p in probes]
+            pending, self._pending_tensors = self._pending_tensors, []
+            parts.extend(tensor_parts(pending))
             parts = self._ranks.parts(self, [p for p in parts if p is not None])
             job = self._flusher.start(parts)
             for probe in list(self._probes.values()):
@@ -459,43 +461,6 @@ class Run:
                 self._writer.jobs.append(job)
         except Exception as err:
             self._internal_error("flush", err)
-
-    def _probe_part(self, probe: Probe) -> Part | None:
-        try:
-            tensors = list(probe.state())
-        except Exception as err:
-            self.probe_failed(probe.name, "state", err)
-            return None
-        step = self._step
-
-        def consume(arrays: list) -> list:
-            try:
-                records = probe.compute(arrays, step, time.time())
-            except Exception as err:
-                self.probe_failed(probe.name, "compute", err)
-                return []
-            for record in records:
-                if isinstance(record, Alert):
-                    log_alert(record)
-            return records
-
-        return Part(tensors, consume)
-
-    def _tensor_parts(self) -> list[Part]:
-        pending, self._pending_tensors = self._pending_tensors, []
-        groups: dict[tuple, list[tuple[int, float, str, Any]]] = {}
-        for entry in pending:
-            groups.setdefault((entry[3].device, entry[3].dtype), []).append(entry)
-        parts = []
-        for entries in groups.values():
-            import torch
-
-            def consume(arrays: list, entries: list = entries) -> list:
-                return [Scalar(key, step, float(v), wall_time)
-                        for (step, wall_time, key, _), v in zip(entries, arrays[0].tolist())]
-
-            parts.append(Part([torch.stack([e[3] for e in entries])], consume, reduce=False))
-        return parts
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Make everything logged so far durable; True once it is in the store."""
