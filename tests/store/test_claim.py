@@ -75,3 +75,18 @@ def test_a_failed_init_leaves_no_file_behind(runs):
     with pytest.raises(ts.TrainspectError, match="alert_rules"):
         ts.init(project="p", alert_rules="not a list")
     assert not any(runs.rglob("*.db*"))
+
+
+def test_the_last_word_fits_the_lock_file_whatever_the_meta(tmp_path):
+    from trainspect.store.lock import LOCK_BYTES, WriterLock, read_lock
+
+    lock = WriterLock.acquire(tmp_path / "r.db")
+    assert lock.leave_word({"status": "finished", "config": {"x": "y" * 10_000},
+                            "store_error": "e" * 5_000, "dropped_points": 3})
+    word = read_lock(lock.path)
+    assert (word["status"], word["dropped_points"], word["pid"]) == ("finished", 3, os.getpid())
+    assert "config" not in word and lock.path.stat().st_size == LOCK_BYTES
+    lock.release(keep=True)
+    assert lock.path.exists()
+    WriterLock.acquire(tmp_path / "r.db").release()  # released: free for the next writer
+    assert not lock.path.exists()

@@ -31,6 +31,10 @@ log = logging.getLogger("trainspect.store")
 
 LOCK_SUFFIX = "-lock"
 LOCK_BYTES = 4096  # room for the holder and the last word; written whole, then in place
+# What a last word holds: how the run ended, and what the store lost.
+LAST_WORD = ("id", "status", "attempt", "started_at", "ended_at", "exit_signal", "error",
+             "dropped_points", "dropped_records", "lost_points", "lost_records",
+             "file_recreated", "store_error", "rejected_values")
 
 
 def lock_path(run_file: Path) -> Path:
@@ -96,18 +100,24 @@ class WriterLock:
         raise OSError(f"{path} keeps being replaced while it is being locked")
 
     def _write(self, content: dict[str, Any]) -> None:
-        data = json.dumps(content).encode()[:LOCK_BYTES - 1]
+        data = json.dumps(content, default=str).encode()
+        if len(data) >= LOCK_BYTES:
+            raise ValueError(f"{len(data)} bytes do not fit the lock file's {LOCK_BYTES}")
         os.pwrite(self._fd, data.ljust(LOCK_BYTES - 1) + b"\n", 0)
 
     def leave_word(self, final: dict[str, Any]) -> bool:
-        """Overwrite the holder with how the run ended; the file then stays. False if even
-        this could not be written."""
+        """Overwrite the holder with how the run ended (the LAST_WORD keys of `final`); the
+        file then stays. False if even this could not be written."""
         if self._fd is None:
             return False
+        word = {**read_lock(self.path), **{k: final[k] for k in LAST_WORD if k in final}}
+        for key, value in word.items():
+            if isinstance(value, str) and len(value) > 300:
+                word[key] = value[:300] + "..."
         try:
-            self._write({**read_lock(self.path), **final})
+            self._write(word)
             return True
-        except OSError as err:
+        except (OSError, ValueError) as err:
             log.error("trainspect: could not write the run's last word to %s either: %s",
                       self.path, err)
             return False
