@@ -52,17 +52,19 @@ def test_windows_pool_sums_across_batches_not_ratios(runs):
     assert [s for s, _ in view.series("text/acc")] == [2, 4]  # last step of each window
 
 
-def bias_corrected_ema(points, calls_in_first, span=300):
+def bias_corrected_ema(points, span=300):
     """Hand computation in float64: Adam-style EMA of (step, ce) windows, each weighted
-    by the steps it spans (the first by its calls), divided by the weight gathered."""
+    by the steps it spans (the first as many as the second), divided by the weight
+    gathered."""
     beta = 1 - 2 / (span + 1)
-    raw, weight, last, out = 0.0, 0.0, None, []
-    for step, ce in points:
-        steps = calls_in_first if last is None else step - last
+    spans = [b[0] - a[0] for a, b in zip(points, points[1:])]
+    spans = spans[:1] + spans
+    raw = weight = 0.0
+    out = []
+    for (_, ce), steps in zip(points, spans):
         decay = beta**steps
         raw = decay * raw + (1 - decay) * ce
         weight = 1 - (1 - weight) * decay
-        last = step
         out.append(raw / weight)
     return out
 
@@ -75,7 +77,7 @@ def test_ce_ema_is_bias_corrected_and_follows_the_window_ce(runs, log_every):
             run.observe(step, logits, labels)
     view = ts.open(runs).run(run.id)
     ce = view.series("text/ce")
-    want = bias_corrected_ema(ce, calls_in_first=ce[0][0])
+    want = bias_corrected_ema(ce)
     got = [v for _, v in view.series("text/ce_ema")]
     assert got == pytest.approx(want, rel=1e-12)
     assert got[0] == pytest.approx(ce[0][1], rel=1e-12)  # the first window is its own EMA

@@ -38,6 +38,7 @@ class StreamState:
     ema_raw: float = 0.0  # the CE EMA before bias correction (starts at 0, as Adam's)
     ema_weight: float = 0.0  # 1 - prod(decay): the weight the EMA has gathered so far
     ema_step: int | None = None
+    ema_first: bool = True  # the first window's weight waits for the second's span
     alerted: set[str] = field(default_factory=set)  # alert rules already raised (once a run)
 
 
@@ -194,7 +195,7 @@ class TokenProbe:
         }
         out.update(ratios(sums.sum(axis=0), calibration.sum(axis=0), has_teacher))
         if "ce" in out:
-            out["ce_ema"] = self._ema(s, out["ce"], step, counters[CTR["calls"]])
+            out["ce_ema"] = self._ema(s, out["ce"], step)
         if s.group:
             for g in range(s.n_groups):
                 per_group = ratios(sums[g], calibration[g], has_teacher)
@@ -242,18 +243,26 @@ class TokenProbe:
             ))
         return records
 
-    def _ema(self, s: StreamState, ce: float, step: int, calls: float) -> float:
+    def _ema(self, s: StreamState, ce: float, step: int) -> float:
         """Bias-corrected EMA of the window CE, weighted by the steps each window spans.
 
         As Adam's moments: the raw EMA starts at 0 and is divided by the weight it has
         gathered, 1 - prod(decay), so a short run's EMA is the weighted mean of its
-        windows so far rather than its first window. The first window spans as many
-        steps as it had calls; a window whose CE is not finite is left out.
+        windows so far rather than its first window. A window spans the steps since the
+        previous one; the first, whose start is unknown, counts as long as the second
+        (the first window's EMA is its CE whatever its span). A window whose CE is not
+        finite is left out. Nothing here depends on the number of ranks.
         """
         if not math.isfinite(ce):
             return s.ema_raw / s.ema_weight if s.ema_weight > 0 else ce
-        span = max(int(calls), 1) if s.ema_step is None else max(step - s.ema_step, 1)
-        decay = (1.0 - self.ema_alpha_per_step) ** span
+        beta = 1.0 - self.ema_alpha_per_step
+        if s.ema_step is None:  # the first window: its EMA is its CE
+            s.ema_raw, s.ema_weight, s.ema_step = ce, 1.0, step
+            return ce
+        span = max(step - s.ema_step, 1)
+        decay = beta**span
+        if s.ema_first:  # the second window: give the first the same span, now known
+            s.ema_raw, s.ema_weight, s.ema_first = (1.0 - decay) * s.ema_raw, 1.0 - decay, False
         s.ema_raw = decay * s.ema_raw + (1.0 - decay) * ce
         s.ema_weight = 1.0 - (1.0 - s.ema_weight) * decay
         s.ema_step = step
