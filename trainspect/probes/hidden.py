@@ -24,6 +24,12 @@ window, and `nonfinite` says how many elements were not finite.
 Steps here are the run's step counter when the forward ran: in a loop that logs after
 the backward, that is the previous step. Across ranks the sums add up; absmax and the
 first offence take the maximum over ranks (one small MAX all-reduce at the flush).
+Under FSDP every rank's outputs are its own rows; under tensor parallelism with sequence
+parallelism (torchtitan's plan) its own positions, so the pooled sums are the global
+batch's. A layer output replicated over a tensor-parallel group (TP without sequence
+parallelism) is counted once per rank of that group: mean, std and absmax are the same
+(numerator and denominator scale alike), `nonfinite` counts each element that many times.
+A DTensor output is read as this rank's local piece.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch
 
 from trainspect.distributed import all_reduce_max
 from trainspect.probes.base import Probe
+from trainspect.probes.placement import local
 from trainspect.records import Alert, Scalar
 
 # Offence codes pack (step, module) into one int so that "earliest" is a max-reduction:
@@ -118,7 +125,7 @@ class HiddenProbe(Probe):
         """A watched module's output: only noted here, measured at the end of the forward."""
         if not self._collecting:
             return
-        x = first_tensor(output)
+        x = local(first_tensor(output))  # a DTensor output (tensor parallel): this rank's piece
         if x is not None and x.is_floating_point():
             self._outs.append(x)  # a reference; end_forward reads it under no_grad
             self._slots.append(i)

@@ -7,9 +7,10 @@ One call before training attaches everything; the loop changes nothing else:
   (`attention_mask`, `input_ids`, `labels` keyword arguments) for throughput;
 - forward hooks on the hidden modules (default: every decoder layer, found by the
   `layers.N` / `h.N` / `blocks.N` naming of HF and PEFT models) feed `HiddenProbe`;
-- a post-accumulate-grad hook on the first trainable parameter of every layer notices
-  the first gradient of a backward pass and queues one callback for the end of that pass
-  with the autograd engine (`queue_callback`, as DDP and FSDP do). That callback
+- a post-accumulate-grad hook on the first trainable parameter of every layer (on the
+  tensor autograd accumulates into: FSDP1's flat parameter) notices the first gradient
+  of a backward pass and queues one callback for the end of that pass with the
+  autograd engine (`queue_callback`, as DDP and FSDP do). That callback
   re-queues itself once so that it runs after DDP's own end-of-backward callback, when
   the gradients are final. There it calls `GradProbe.after_backward`. This needs no
   call from the loop, sees every backward (gradient accumulation included), and costs
@@ -19,6 +20,12 @@ One call before training attaches everything; the loop changes nothing else:
 
 Hooks never raise into training: a failing probe is switched off and reported once.
 Under gradient checkpointing the recomputation inside the backward is ignored.
+
+Sharded models (FSDP2 and tensor parallel DTensors, FSDP1 with or without
+`use_orig_params`, DeepSpeed ZeRO-3) are watched as each rank holds them: probes read
+this rank's piece of every parameter and gradient, and the flush pools the pieces into
+whole-tensor numbers (placement.py says how). Call `watch` after wrapping, on the module
+that holds the parameters (FSDP1: the wrapper; DDP: the module inside).
 
 Names: `layers.3` for the fourth decoder layer, with wrappers (PEFT's `base_model.model`,
 DDP's `module`, torch.compile's `_orig_mod`) and the HF inner `model.` stripped;
@@ -41,6 +48,7 @@ from trainspect.errors import TrainspectError
 from trainspect.probes.grads import GradProbe
 from trainspect.probes.hidden import HiddenProbe
 from trainspect.probes.lora import AdapterRef, LoraProbe, WeightRef
+from trainspect.probes.placement import Tracked, placement_of, tracked_parameters
 from trainspect.probes.speed import SpeedProbe, flop_counts
 
 log = logging.getLogger("trainspect.probes.watch")
@@ -121,21 +129,32 @@ def block_of(rest: Sequence[str]) -> str:
 # ---- discovery -------------------------------------------------------------------------
 
 
-def find_adapters(model: nn.Module) -> list[AdapterRef]:
-    """PEFT LoRA adapters (trainable ones), linear and embedding."""
+def find_adapters(model: nn.Module, by_name: dict[str, Tracked] | None = None
+                  ) -> list[AdapterRef]:
+    """PEFT LoRA adapters (trainable ones), linear and embedding. `by_name` (parameter
+    path -> Tracked, from `tracked_parameters`) gives each factor as this rank holds it."""
+    by_name = by_name or {}
     found: list[tuple[str, str, Any, Any, Any]] = []
     for name, module in model.named_modules():
         for a_key, b_key in (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B")):
             a_dict, b_dict = getattr(module, a_key, None), getattr(module, b_key, None)
             if not isinstance(a_dict, (nn.ModuleDict, nn.ParameterDict)) or b_dict is None:
                 continue
+            leaf = ".weight" if isinstance(a_dict, nn.ModuleDict) else ""
             for adapter in a_dict:
                 if adapter not in b_dict:
                     continue
-                a, b = a_dict[adapter], b_dict[adapter]
-                a, b = getattr(a, "weight", a), getattr(b, "weight", b)
-                if isinstance(a, torch.Tensor) and (a.requires_grad or b.requires_grad):
-                    found.append((name, adapter, module, a, b))
+                a = by_name.get(f"{name}.{a_key}.{adapter}{leaf}")
+                b = by_name.get(f"{name}.{b_key}.{adapter}{leaf}")
+                if a is None or b is None:  # a frozen factor is read as it is
+                    a_t = getattr(a_dict[adapter], "weight", a_dict[adapter])
+                    b_t = getattr(b_dict[adapter], "weight", b_dict[adapter])
+                    if not (isinstance(a_t, torch.Tensor) and isinstance(b_t, torch.Tensor)
+                            and (a_t.requires_grad or b_t.requires_grad)):
+                        continue
+                    a = a if a is not None else Tracked(name, a_t, placement_of(a_t))
+                    b = b if b is not None else Tracked(name, b_t, placement_of(b_t))
+                found.append((name, adapter, module, a, b))
     several = len({adapter for _, adapter, *_ in found}) > 1
     refs = []
     for name, adapter, module, a, b in found:
@@ -150,9 +169,13 @@ def _scaling(module: nn.Module, adapter: str) -> float:
     return float(getattr(module, "scaling", {}).get(adapter, 1.0))
 
 
-def trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """(short parameter name, parameter) of every trainable parameter, shared ones once."""
-    return [(short_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+def trainable(model: nn.Module) -> list[Tracked]:
+    """Every trainable parameter as this rank holds it (placement.py), shared ones once,
+    named by its short name."""
+    out = tracked_parameters(model)
+    for t in out:
+        t.name = short_name(t.name)
+    return out
 
 
 def find_hidden(model: nn.Module, wanted: Any) -> list[tuple[str, nn.Module]]:
@@ -215,21 +238,26 @@ class Watch:
                full_deltas: bool | None, hidden_modules: Any, top_k: int,
                check_every_step: bool, peak_flops: float | None) -> Watch:
         model, run = self.model, self.run
-        params = trainable(model)
-        device = next((p.device for p in [q for _, q in params] + list(model.parameters())),
-                      torch.device("cpu"))
+        params = tracked_parameters(model)
+        by_name = {t.name: t for t in params}  # full paths, as the modules name them
+        for t in params:
+            t.name = short_name(t.name)
+        device = next((t.data().device for t in params), None) or next(
+            (p.device for p in model.parameters()), torch.device("cpu"))
         start = run.step
         layers: list[str] = []
         index = []
-        for name, _ in params:
-            layer = split_layer(name.rsplit(".", 1)[0])[0]
+        for t in params:
+            layer = split_layer(t.name.rsplit(".", 1)[0])[0]
             if layer not in layers:
                 layers.append(layer)
             index.append(layers.index(layer))
         if lora:
-            self._add_lora(params, full_deltas, top_k, start)
+            self._add_lora(params, by_name, full_deltas, top_k, start)
         if grads and params:
-            self._add(GradProbe([p for _, p in params], index, layers, device, every=self.every))
+            per_flush = -(-run.log_every // self.every) + 1  # sampled steps in one flush
+            self._add(GradProbe(params, index, layers, device, every=self.every,
+                                samples_per_flush=per_flush))
         if hidden:
             modules = find_hidden(model, hidden_modules)
             if modules:
@@ -245,12 +273,13 @@ class Watch:
         if "grads" in self.probes or "speed" in self.probes:
             # one parameter per layer is enough to notice a backward pass that reaches the
             # layer (every trainable tensor of a layer takes part in its output), and each
-            # hook is a Python call on the autograd thread: hundreds of them cost a ms
+            # hook is a Python call on the autograd thread: hundreds of them cost a ms.
+            # The hook goes where autograd accumulates (FSDP1: the flat parameter).
             first: dict[int, torch.Tensor] = {}
-            for (_, p), layer in zip(params, index):
-                first.setdefault(layer, p)
-            for p in first.values():
-                self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
+            for t, layer in zip(params, index):
+                first.setdefault(layer, t.leaf)
+            for leaf in {id(x): x for x in first.values()}.values():
+                self._handles.append(leaf.register_post_accumulate_grad_hook(self._on_grad))
         return self
 
     def _add(self, probe: Any) -> Any:
@@ -259,11 +288,12 @@ class Watch:
         self.run.add_probe(probe)
         return probe
 
-    def _add_lora(self, params: list, full_deltas: bool | None, top_k: int, start: int) -> None:
-        adapters = find_adapters(self.model)
+    def _add_lora(self, params: list[Tracked], by_name: dict[str, Tracked],
+                  full_deltas: bool | None, top_k: int, start: int) -> None:
+        adapters = find_adapters(self.model, by_name)
         factors = {id(t) for ref in adapters for t in (ref.a, ref.b)}
-        rest = [(n, p) for n, p in params if id(p) not in factors]
-        size = sum(p.numel() for _, p in rest)
+        rest = [t for t in params if id(t) not in factors]
+        size = sum(t.placement.numel() for t in rest)
         if full_deltas is None:
             full_deltas = size <= FULL_DELTAS_AUTO_MAX_PARAMS
             if not full_deltas:
@@ -271,9 +301,10 @@ class Watch:
                          "default above %d (they snapshot the weights); pass full_deltas=True",
                          size, FULL_DELTAS_AUTO_MAX_PARAMS)
         weights = []
-        for name, p in rest if full_deltas else []:
+        for t in rest if full_deltas else []:
+            name = t.name
             layer, parts = split_layer(name.rsplit(".", 1)[0] if "." in name else name)
-            weights.append(WeightRef(name, layer, block_of(parts), p))
+            weights.append(WeightRef(name, layer, block_of(parts), t))
         probe = LoraProbe(adapters, weights, every=self.every, start_step=start, top_k=top_k,
                           step_of=lambda: self.run.step)
         if not probe.empty:
