@@ -156,6 +156,22 @@ def _tp(model, rank, world):
     return model, model, True
 
 
+def _zero(stage: int):
+    """DeepSpeed ZeRO through `deepspeed.initialize` (what Accelerate and the HF Trainer
+    call), on DeepSpeed's CPU accelerator: SGD, no clipping, no loss scaling."""
+    def wrap(model, rank, world):
+        import deepspeed
+
+        config = {"train_micro_batch_size_per_gpu": BATCH // world,
+                  "zero_optimization": {"stage": stage},
+                  "optimizer": {"type": "SGD", "params": {"lr": LR}},
+                  "zero_allow_untested_optimizer": True}
+        engine, *_ = deepspeed.initialize(model=model, config=config, model_parameters=[
+            p for p in model.parameters() if p.requires_grad])
+        return engine, engine.module, False
+    return wrap
+
+
 def _fsdp2_tp(model, rank, world):
     """2 x 2: tensor parallel inside, FSDP2 across the data-parallel pairs."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -179,6 +195,9 @@ SETUPS: dict[str, tuple[Callable, str | None]] = {
     "fsdp1_flat_full": (_fsdp1(False), None),
     "tp_full": (_tp, None),
     "fsdp2_tp_full": (_fsdp2_tp, None),
+    "zero2_lora": (_zero(2), "random"),
+    "zero3_lora": (_zero(3), "random"),
+    "zero3_full": (_zero(3), None),
 }
 
 
@@ -202,7 +221,10 @@ def play(rank: int, world: int, setup: str, runs: str,
     wrap, lora = SETUPS[setup]
     model, watched, whole = wrap(make_model(lora), rank, world)
     mine = rows_of(rank, world, whole)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    engine = model if hasattr(model, "zero_optimization_stage") else None  # DeepSpeed
+    opt = None if engine else torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=LR)
+    start = _gathered(watched, engine)
     with ts.init(project="sharded", name=setup, log_every=LOG_EVERY) as run:
         run.watch(watched, every=LOG_EVERY, speed=False)
         if nan_at is not None and rank == 1:
@@ -216,9 +238,35 @@ def play(rank: int, world: int, setup: str, runs: str,
         for step in range(1, STEPS + 1):
             run.log({"tick": float(step)}, step=step)
             ids = batch(step)
-            loss_of(model(ids[mine]), ids[mine]).backward()
+            loss = loss_of(model(ids[mine]), ids[mine])
+            if engine is not None:
+                engine.backward(loss)
+                engine.step()
+                continue
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+    if engine is not None:  # DeepSpeed's optimizer is not torch's: ΔW from its own weights
+        import json
+
+        end = _gathered(watched, engine)
+        model_now = make_model(lora)
+        model_now.load_state_dict({k: v.float() for k, v in end.items()}, strict=False)
+        deltas = _deltas(model_now, start, lora is not None)
+        if rank == 0:
+            with open(os.path.join(runs, f"{setup}.deltas.json"), "w") as f:
+                json.dump(deltas, f)
+
+
+def _gathered(model: nn.Module, engine) -> dict[str, torch.Tensor]:
+    """Every parameter whole, in float64 (under ZeRO-3 through DeepSpeed's gather)."""
+    if engine is None:
+        return {}
+    import deepspeed
+
+    params = list(model.named_parameters())
+    with deepspeed.zero.GatheredParameters([p for _, p in params]):
+        return {n: p.detach().double().clone() for n, p in params}
 
 
 # ---- the reference: one process, float64 maths ---------------------------------------

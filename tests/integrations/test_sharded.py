@@ -5,6 +5,12 @@ float64 reference of sharded_play.py, tolerance 1e-5 relative."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -12,7 +18,9 @@ dist = pytest.importorskip("torch.distributed")
 
 import trainspect as ts  # noqa: E402
 from tests.integrations import sharded_play  # noqa: E402
-from tests.integrations.ranks import run_ranks  # noqa: E402
+from tests.integrations.ranks import free_port, run_ranks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 COMPARED = ("grad/", "lora/", "delta/", "hidden/")
 
@@ -59,3 +67,43 @@ def test_a_non_finite_gradient_on_one_shard_is_seen(runs):
     assert alert["step"] == 4 and f"1 of {n_tensors} trainable tensors" in alert["message"]
     norms = dict(view.series("grad/layers.1/norm"))
     assert norms[4] != norms[4] and norms[2] == norms[2]  # NaN in that window only
+
+
+ZERO_SETUPS = ["zero2_lora", "zero3_lora", "zero3_full"]
+
+
+@pytest.fixture(scope="module")
+def zero_runs(tmp_path_factory):
+    """ZeRO-2 and -3 through deepspeed.initialize on DeepSpeed's CPU accelerator, two ranks
+    (torchrun, gloo), every setup in one launch."""
+    runs = tmp_path_factory.mktemp("zero") / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINSPECT_DIR": str(runs),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), "-m", "tests.integrations.zero_play", str(runs),
+         *ZERO_SETUPS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return runs
+
+
+@pytest.mark.parametrize("setup", ZERO_SETUPS)
+def test_deepspeed_zero_deltas_and_hidden_states_and_no_gradient_norms(zero_runs, setup):
+    """DeepSpeed's SGD does not step exactly like torch's, so ΔW is checked against the
+    engine's own final weights (gathered, float64) and hidden states at the first sample
+    (before any step) against the one-process reference; gradients are not recorded."""
+    view = stored(zero_runs, setup)
+    assert not [a for a in view.alerts() if a["rule"] == "probe_failed"]
+    assert not any(k.startswith("grad/") for k in view.keys())
+    (note,) = [a for a in view.alerts() if a["rule"] == "grads.unavailable"]
+    assert "get_global_grad_norm" in note["action"]
+    deltas = json.loads((zero_runs / f"{setup}.deltas.json").read_text())
+    assert len(deltas) > 3
+    for key, want in deltas.items():
+        got = dict(view.series(key))[sharded_play.STEPS]
+        assert got == pytest.approx(want, rel=1e-5), key
+    expected = sharded_play.reference(setup)
+    for key, points in expected.items():
+        if key.startswith("hidden/"):
+            got = dict(view.series(key))[points[0][0]]
+            assert got == pytest.approx(points[0][1], rel=1e-5, abs=1e-6), key

@@ -153,6 +153,11 @@ class Tracked:
 
     def data(self) -> torch.Tensor:
         """This rank's piece of the parameter's values (flattened for flat placements)."""
+        part = getattr(self.param, "ds_tensor", None)
+        if part is not None:  # ZeRO-3: the parameter is empty outside its module's forward
+            start, stop = self.placement.region[0] if self.placement.region else (
+                0, self.placement.numel())
+            return part.detach().reshape(-1).narrow(0, 0, stop - start)  # less the padding
         x = local(self.param).detach()
         return x if self.span is None else x.reshape(-1).narrow(0, *self.span)
 
@@ -188,6 +193,12 @@ def tracked_parameters(model: torch.nn.Module) -> list[Tracked]:
         zero3 = _zero3_placement(p)
         out.append(Tracked(name, p, zero3 if zero3 is not None else placement_of(p)))
     return out
+
+
+def deepspeed_zero(tracked: Iterable[Tracked]) -> bool:
+    """Whether DeepSpeed ZeRO manages these parameters (ZeRO-3 marks them with `ds_id`,
+    ZeRO-1/2 links them to the optimizer's partitions with `_hp_mapping`)."""
+    return any(hasattr(t.param, "ds_id") or hasattr(t.param, "_hp_mapping") for t in tracked)
 
 
 def _fsdp1_pieces(model: torch.nn.Module) -> dict[int, Any]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,8 +49,10 @@ from trainspect.errors import TrainspectError
 from trainspect.probes.grads import GradProbe
 from trainspect.probes.hidden import HiddenProbe
 from trainspect.probes.lora import AdapterRef, LoraProbe, WeightRef
-from trainspect.probes.placement import Tracked, placement_of, tracked_parameters
+from trainspect.probes.placement import (Tracked, deepspeed_zero, placement_of,
+                                          tracked_parameters)
 from trainspect.probes.speed import SpeedProbe, flop_counts
+from trainspect.records import Alert
 
 log = logging.getLogger("trainspect.probes.watch")
 
@@ -254,7 +257,9 @@ class Watch:
             index.append(layers.index(layer))
         if lora:
             self._add_lora(params, by_name, full_deltas, top_k, start)
-        if grads and params:
+        if grads and params and deepspeed_zero(params):
+            self._no_grads_under_zero()
+        elif grads and params:
             per_flush = -(-run.log_every // self.every) + 1  # sampled steps in one flush
             self._add(GradProbe(params, index, layers, device, every=self.every,
                                 samples_per_flush=per_flush))
@@ -309,6 +314,21 @@ class Watch:
                           step_of=lambda: self.run.step)
         if not probe.empty:
             self._add(probe)
+
+    def _no_grads_under_zero(self) -> None:
+        """ZeRO reduces and partitions the gradients inside its optimizer after the
+        backward returns (engine.backward) and frees `param.grad`: there is no point where
+        a hook sees them final, so `grad/...` is not recorded rather than wrong."""
+        self.run.emit(Alert(
+            step=self.run.step, rule="grads.unavailable", level="info",
+            message=f"watch records no grad/... metrics under DeepSpeed ZeRO (from step "
+                    f"{self.run.step}): its optimizer holds the gradients, reduced and "
+                    f"partitioned after the backward returns; LoRA deltas, hidden states "
+                    f"and throughput are recorded",
+            action="Log the engine's norm yourself: run.log({'grad/norm': "
+                   "engine.get_global_grad_norm()}) after engine.step() (the HF Trainer "
+                   "stores it as train/grad_norm).",
+            wall_time=time.time()))
 
     def _add_speed(self, device: torch.device, peak_flops: float | None) -> None:
         static, attention = flop_counts(self.model)
