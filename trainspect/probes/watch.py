@@ -49,8 +49,7 @@ from trainspect.errors import TrainspectError
 from trainspect.probes.grads import GradProbe
 from trainspect.probes.hidden import HiddenProbe
 from trainspect.probes.lora import AdapterRef, LoraProbe, WeightRef
-from trainspect.probes.placement import (Tracked, deepspeed_zero, placement_of,
-                                          tracked_parameters)
+from trainspect.probes.placement import Tracked, deepspeed_zero, placement_of, tracked_parameters
 from trainspect.probes.speed import SpeedProbe, flop_counts
 from trainspect.records import Alert
 
