@@ -69,7 +69,9 @@ class ToyLM(nn.Module):
 
 def make_model(lora: str | None) -> nn.Module:
     """The toy LM; with `lora` ("zero" for PEFT's B = 0, "random" for B₀A₀ != 0) LoRA r=4 on
-    every projection and only the adapters train."""
+    every projection and only the adapters train; "llama" for `make_llama()`."""
+    if lora == "llama":
+        return make_llama()
     model = ToyLM()
     if lora is None:
         return model
@@ -86,12 +88,24 @@ def make_model(lora: str | None) -> nn.Module:
     return model
 
 
+def make_llama() -> nn.Module:
+    """A small Hugging Face Llama (real attention, grouped KV heads), full fine-tune."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH * 2, intermediate_size=WIDTH * 4,
+                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
 def batch(step: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(100 + step)
     return torch.randint(0, VOCAB, (BATCH, SEQ), generator=g)
 
 
-def loss_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def loss_of(output, ids: torch.Tensor) -> torch.Tensor:
+    logits = getattr(output, "logits", output)  # (B, T, V)
     return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB).float(),
                                        ids[:, 1:].reshape(-1))
 
@@ -147,13 +161,64 @@ def tp_plan(sequence_parallel: bool = True) -> dict:
     return {k: v for k, v in plan.items() if v is not None}
 
 
+def _mesh_type(model: nn.Module) -> str:
+    return next(model.parameters()).device.type
+
+
 def _tp(model, rank, world):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
-    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
+    mesh = init_device_mesh(_mesh_type(model), (world,), mesh_dim_names=("tp",))
     parallelize_module(model, mesh, tp_plan())
     return model, model, True
+
+
+def llama_tp_plan() -> dict:
+    """Column-wise q, k, v, gate, up; row-wise o, down; no sequence parallelism (the
+    layer outputs are the same on every rank of the group)."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    plan = {}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        plan.update({p + f"self_attn.{n}": ColwiseParallel() for n in ("q_proj", "k_proj",
+                                                                      "v_proj")})
+        plan.update({p + "self_attn.o_proj": RowwiseParallel(),
+                     p + "mlp.gate_proj": ColwiseParallel(), p + "mlp.up_proj": ColwiseParallel(),
+                     p + "mlp.down_proj": RowwiseParallel()})
+    return plan
+
+
+def _llama_tp(model, rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    mesh = init_device_mesh(_mesh_type(model), (world,), mesh_dim_names=("tp",))
+    parallelize_module(model, mesh, llama_tp_plan())
+    return model, model, True
+
+
+def _llama_fsdp2(model, rank, world):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model, model, False
+
+
+def _llama_fsdp2_tp(model, rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    mesh = init_device_mesh(_mesh_type(model), (world // 2, 2), mesh_dim_names=("dp", "tp"))
+    parallelize_module(model, mesh["tp"], llama_tp_plan())
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    return model, model, "dp"
 
 
 def _zero(stage: int):
@@ -178,7 +243,7 @@ def _fsdp2_tp(model, rank, world):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import parallelize_module
 
-    mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "tp"))
+    mesh = init_device_mesh(_mesh_type(model), (world // 2, 2), mesh_dim_names=("dp", "tp"))
     parallelize_module(model, mesh["tp"], tp_plan())
     for layer in model.layers:
         fully_shard(layer, mesh=mesh["dp"])
@@ -198,6 +263,10 @@ SETUPS: dict[str, tuple[Callable, str | None]] = {
     "zero2_lora": (_zero(2), "random"),
     "zero3_lora": (_zero(3), "random"),
     "zero3_full": (_zero(3), None),
+    # a Hugging Face Llama (lora "llama": the model, full fine-tune): the NCCL tests
+    "llama_fsdp2": (_llama_fsdp2, "llama"),
+    "llama_tp": (_llama_tp, "llama"),
+    "llama_fsdp2_tp": (_llama_fsdp2_tp, "llama"),
 }
 
 
@@ -212,14 +281,14 @@ def rows_of(rank: int, world: int, whole: bool | str) -> slice:
 
 
 def play(rank: int, world: int, setup: str, runs: str,
-         nan_at: tuple[str, int] | None = None) -> None:
+         nan_at: tuple[str, int] | None = None, device: str = "cpu") -> None:
     """Train STEPS steps under `setup` on `world` ranks, watched (the run is named `setup`).
 
     nan_at: (parameter name, step): on rank 1 only, a NaN lands in that parameter's local
     gradient piece when its gradient is ready (a fault only one shard sees)."""
     os.environ["TRAINSPECT_DIR"] = runs
     wrap, lora = SETUPS[setup]
-    model, watched, whole = wrap(make_model(lora), rank, world)
+    model, watched, whole = wrap(make_model(lora).to(device), rank, world)
     mine = rows_of(rank, world, whole)
     engine = model if hasattr(model, "zero_optimization_stage") else None  # DeepSpeed
     opt = None if engine else torch.optim.SGD(
@@ -237,8 +306,8 @@ def play(rank: int, world: int, setup: str, runs: str,
             param.register_post_accumulate_grad_hook(plant)
         for step in range(1, STEPS + 1):
             run.log({"tick": float(step)}, step=step)
-            ids = batch(step)
-            loss = loss_of(model(ids[mine]), ids[mine])
+            ids = batch(step)[mine].to(device)
+            loss = loss_of(model(ids), ids)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -273,7 +342,8 @@ def _gathered(model: nn.Module, engine) -> dict[str, torch.Tensor]:
 
 
 def _short(name: str) -> str:
-    return name.replace("._fsdp_wrapped_module", "").replace("_fsdp_wrapped_module.", "")
+    name = name.replace("._fsdp_wrapped_module", "").replace("_fsdp_wrapped_module.", "")
+    return name[len("model."):] if name.startswith("model.") else name
 
 
 def _layer(name: str) -> str:
@@ -287,16 +357,18 @@ def _block(name: str) -> str:
     leaf = rest[-2] if len(rest) >= 2 else rest[0]
     if "norm" in leaf:
         return "norm"
-    return {"q_proj": "qkv", "o_proj": "o", "up_proj": "mlp", "down_proj": "mlp"}.get(
-        leaf, leaf if parts[0] == "layers" else "all")
+    return {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "up_proj": "mlp",
+            "gate_proj": "mlp", "down_proj": "mlp"}.get(leaf, leaf if parts[0] == "layers"
+                                                        else "all")
 
 
 def reference(setup: str) -> dict[str, list[tuple[int, float]]]:
     """What one process should store for `setup`'s global batch, in float64."""
     _, lora = SETUPS[setup]
     model = make_model(lora)
+    lora = None if lora == "llama" else lora
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [(_short(n), p) for n, p in model.named_parameters() if p.requires_grad]
     start = {n: p.detach().double().clone() for n, p in model.named_parameters()}
     out: dict[str, list[tuple[int, float]]] = {}
 
@@ -307,11 +379,12 @@ def reference(setup: str) -> dict[str, list[tuple[int, float]]]:
 
     def keep(name):
         def hook(module, args, output):
-            hidden.setdefault(name, []).append(output.detach().double())
+            x = output[0] if isinstance(output, tuple) else output
+            hidden.setdefault(name, []).append(x.detach().double())
         return hook
 
-    handles = [layer.register_forward_hook(keep(f"layers.{i}"))
-               for i, layer in enumerate(model.layers)]
+    layers = model.model.layers if hasattr(model, "model") else model.layers
+    handles = [layer.register_forward_hook(keep(f"layers.{i}")) for i, layer in enumerate(layers)]
     for step in range(1, STEPS + 1):
         sampled = step % LOG_EVERY == 1
         flush = step + (LOG_EVERY - 1 if sampled else 0)  # the window's last step
@@ -360,7 +433,8 @@ def _deltas(model: nn.Module, start: dict, lora: bool) -> dict[str, float]:
             cells[key] = cells.get(key, 0.0) + float(delta.square().sum())
     else:
         for name, p in model.named_parameters():
-            key = f"delta/{_layer(name)}/{_block(name)}"
+            short = _short(name)
+            key = f"delta/{_layer(short)}/{_block(short)}"
             cells[key] = cells.get(key, 0.0) + float((p.double() - start[name]).square().sum())
     prefix = "lora" if lora else "delta"
     total = sum(cells.values())

@@ -13,9 +13,6 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
-
 import trainspect as ts  # noqa: E402
 from tests.integrations import sharded_play  # noqa: E402
 from tests.integrations.ranks import free_port, run_ranks  # noqa: E402

@@ -122,8 +122,8 @@ class GradProbe(Probe):
 
     def _grads(self) -> list[torch.Tensor]:
         if self._plain:  # the common case, one list comprehension
-            return [self._zero if p.grad is None else getattr(p.grad, "_local_tensor", p.grad)
-                    for p in self.params]
+            return [self._zero if g is None else getattr(g, "_local_tensor", g)
+                    for g in (p.grad for p in self.params)]
         return [self._zero if g is None else g for g in (t.grad() for t in self.tracked)]
 
     @torch.no_grad()

@@ -159,25 +159,32 @@ def side_grams(side: _Side) -> torch.Tensor:
     return torch.stack(grams, dim=1)
 
 
-def host_grams(kind: str, rank: int, whole: np.ndarray, whole0: np.ndarray | None) -> np.ndarray:
-    """The same Grams as `side_grams`, for one adapter, from its gathered whole factors."""
-    x = whole.reshape(rank, -1) if kind == "a" else whole.reshape(-1, rank)
-    grams = [x @ x.T if kind == "a" else x.T @ x]
+def host_grams(kind: str, m: int, rank: int, whole: np.ndarray,
+               whole0: np.ndarray | None) -> np.ndarray:
+    """The same Grams as `side_grams`, (m, k, r, r), from m gathered whole factors of one
+    shape laid end to end in `whole` (and their starts in `whole0`)."""
+    x = whole.reshape(m, rank, -1) if kind == "a" else whole.reshape(m, -1, rank)
+    xt = x.transpose(0, 2, 1)
+    grams = [x @ xt if kind == "a" else xt @ x]
     if whole0 is not None:
         x0 = whole0.reshape(x.shape)
-        grams += [x @ x0.T, x0 @ x0.T] if kind == "a" else [x0.T @ x, x0.T @ x0]
-    return np.stack(grams)
+        x0t = x0.transpose(0, 2, 1)
+        grams += [x @ x0t, x0 @ x0t] if kind == "a" else [x0t @ x, x0t @ x0]
+    return np.stack(grams, axis=1)
 
 
-def delta_sq(gram_a: np.ndarray, gram_b: np.ndarray) -> tuple[float, float]:
-    """(‖BA − B₀A₀‖_F², ‖B‖_F²) from an adapter's Grams (k = 1, or 3 with the snapshot):
+def delta_sq(gram_a: np.ndarray, gram_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(‖BA − B₀A₀‖_F², ‖B‖_F²) per adapter from (m, k, r, r) Grams (k = 1, or 3 with the
+    start kept: the Gram, the cross Gram AA₀ᵀ or B₀ᵀB, the start's own):
 
         ‖BA‖² = tr((BᵀB)(AAᵀ)),  ⟨BA, B₀A₀⟩ = tr((B₀ᵀB)(AA₀ᵀ)),  ‖B₀A₀‖² likewise.
     """
-    sq = float((gram_b[0] * gram_a[0]).sum())  # AAᵀ is symmetric: tr(XY) = Σ X ⊙ Y
-    if len(gram_a) == 3 and len(gram_b) == 3:
-        sq += float((gram_b[2] * gram_a[2]).sum()) - 2 * float((gram_b[1] * gram_a[1].T).sum())
-    return sq, float(np.trace(gram_b[0]))
+    # AAᵀ is symmetric: tr(XY) = Σ X ⊙ Y
+    sq = np.einsum("mij,mij->m", gram_b[:, 0], gram_a[:, 0])
+    if gram_a.shape[1] == 3 and gram_b.shape[1] == 3:
+        sq = (sq + np.einsum("mij,mij->m", gram_b[:, 2], gram_a[:, 2])
+              - 2 * np.einsum("mij,mji->m", gram_b[:, 1], gram_a[:, 1]))
+    return sq, np.trace(gram_b[:, 0], axis1=1, axis2=2)
 
 
 class LoraProbe(Probe):
@@ -215,6 +222,7 @@ class LoraProbe(Probe):
         self.weights = [replace(w, param=as_tracked(w.name, w.param)) for w in weights]
         self.device = self._device()
         self._sides = self._group_sides()
+        self._pair_rows = self._pairs()
         self._snapshots = [w.param.data().clone() for w in self.weights]
         self.lora_table = _Table.of(self.adapters)
         self.full_table = _Table.of(self.weights)
@@ -317,38 +325,39 @@ class LoraProbe(Probe):
         norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
         return torch.stack(norms).to(torch.float64).square()
 
-    def _adapter_grams(self, arrays: Sequence[np.ndarray], ranks: float) -> list[dict]:
-        """Per adapter, its A and B Grams from the pooled state (see placement.py)."""
-        grams: list[dict] = [{} for _ in self.adapters]
-        for side, array in zip(self._sides, arrays):
-            k = 3 if side.with_start else 1
-            if side.gram:
-                values = array.reshape(len(side.index), k, side.rank, side.rank)
-                for j, i in enumerate(side.index):
-                    pieces = side.factors[j].placement.pieces
-                    grams[i][side.kind] = values[j] * (pieces / ranks)
-                continue
-            placements = [f.placement for f in side.factors]
-            total = sum(p.numel() for p in placements)
-            offset = 0
-            for i, placement in zip(side.index, placements):
-                n, scale = placement.numel(), placement.pieces / ranks
-                whole = array[offset:offset + n] * scale
-                whole0 = (array[total + offset:total + offset + n] * scale
-                          if side.with_start else None)
-                grams[i][side.kind] = host_grams(side.kind, side.rank, whole, whole0)
-                offset += n
-        return grams
+    def _side_grams(self, side: _Side, array: np.ndarray, ranks: float) -> np.ndarray:
+        """(m, k, r, r) Grams of one side from the pooled state (see placement.py)."""
+        k = 3 if side.with_start else 1
+        scale = side.factors[0].placement.pieces / ranks  # one placement per side
+        if side.gram:
+            return array.reshape(len(side.index), k, side.rank, side.rank) * scale
+        total = sum(f.placement.numel() for f in side.factors)
+        whole0 = array[total:2 * total] * scale if side.with_start else None
+        return host_grams(side.kind, len(side.index), side.rank, array[:total] * scale,
+                          whole0)
+
+    def _pairs(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+        """(A side, B side, adapters, their rows in each side) for every pair of sides."""
+        where: dict[int, tuple[int, int]] = {}
+        for s, side in enumerate(self._sides):
+            for row, i in enumerate(side.index):
+                where[i * 2 + (side.kind == "b")] = (s, row)
+        pairs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        for i in range(len(self.adapters)):
+            (sa, ra), (sb, rb) = where[2 * i], where[2 * i + 1]
+            pairs.setdefault((sa, sb), []).append((i, ra, rb))
+        return [(sa, sb, *map(np.array, zip(*members))) for (sa, sb), members in pairs.items()]
 
     def compute(self, state: list[np.ndarray], step: int, wall_time: float) -> list[Any]:
         *side_arrays, full_sq, ranks_arr = state
         ranks = max(float(ranks_arr[0]), 1.0)
         records: list[Any] = []
         if self.adapters:
-            grams = self._adapter_grams(side_arrays, ranks)
-            pairs = [delta_sq(g["a"], g["b"]) for g in grams]
-            lora_sq = np.array([sq for sq, _ in pairs])
-            b_sq = np.array([bsq for _, bsq in pairs])
+            grams = [self._side_grams(side, array, ranks)
+                     for side, array in zip(self._sides, side_arrays)]
+            lora_sq, b_sq = np.zeros(len(self.adapters)), np.zeros(len(self.adapters))
+            for sa, sb, index, rows_a, rows_b in self._pair_rows:
+                lora_sq[index], b_sq[index] = delta_sq(grams[sa][rows_a], grams[sb][rows_b])
             scales = np.array([ref.scaling() for ref in self.adapters], dtype=np.float64)
             cell_sq = np.zeros(len(self.lora_table.cells))
             np.add.at(cell_sq, self.lora_table.cell_of, np.clip(lora_sq, 0.0, None) * scales ** 2)

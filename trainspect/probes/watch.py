@@ -399,12 +399,15 @@ class Watch:
 
     def _on_hidden(self, probe: HiddenProbe, i: int, module: nn.Module, args: tuple,
                    output: Any) -> None:
-        # the one hook that runs per layer per forward: kept to a few attribute reads
-        if self._closed or probe.name in self._off or _in_backward():
+        # the one hook that runs per layer per forward: one attribute read when not
+        # collecting (the probe collects only between the root's hooks of a training
+        # forward, never in a checkpointed recomputation: the root hook is not run there)
+        if not probe._collecting:
             return
         try:
             probe.output(i, output)
         except Exception as err:
+            probe._collecting = False
             self._fail(probe, "forward hook", err)
 
     def _on_grad(self, param: torch.Tensor) -> None:
