@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import torch  # noqa: E402
 
 from tests.integrations.ranks import free_port  # noqa: E402
