@@ -8,7 +8,8 @@ a quarter), LoRA r=16 on every projection through PEFT (`--full` for a full fine
 instead), with and without `watch` attached: LoRA deltas, gradient norms, hidden-state
 statistics and the finiteness check on every decoder layer, throughput.
 
-Design. Step times drift by several percent over seconds on these machines, so the two
+Each attach starts from LoRA B = 0, as a run's watch does (the A/B rounds attach and
+detach it every round). Design. Step times drift by several percent over seconds on these machines, so the two
 variants alternate in short rounds (one flush window each: log_every 10, so every
 watched round holds one flush) in one process, the order flipped every round, and the
 garbage collector is run before each timed block. Each round gives one ratio
@@ -187,8 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     counter = [0]
     handle = [None]
 
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+
     def step(watched: bool) -> None:
         if watched and handle[0] is None:
+            with torch.no_grad():  # as PEFT starts them: B = 0, so ΔW needs no snapshot
+                for b in lora_b:
+                    b.zero_()
             handle[0] = watch(run, model, check_finite=args.check_finite, **families)
         if not watched and handle[0] is not None:
             handle[0].remove()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 import warnings
 
 import torch
@@ -37,6 +38,11 @@ def main() -> None:
             ours += [f"{setup}: {w.filename}:{w.lineno}" for w in caught
                      if "synchroniz" in str(w.message)
                      and f"trainspect{os.sep}" in w.filename]
+    except BaseException:
+        # torchrun's own report keeps only the exit code: the test shows this file
+        with open(os.path.join(runs, f"error.{dist.get_rank()}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
     finally:
         with open(os.path.join(runs, f"syncs.{dist.get_rank()}.json"), "w") as f:
             json.dump(ours, f)

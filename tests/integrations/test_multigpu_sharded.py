@@ -38,7 +38,8 @@ def torchrun(runs: Path, gpus: int, *setups: str) -> None:
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus),
          "--master_port", str(free_port()), "-m", "tests.integrations.nccl_sharded_play",
          str(runs), *setups], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    errors = "".join(f.read_text() for f in sorted(runs.glob("error.*.txt")))
+    assert done.returncode == 0, errors + done.stdout[-3000:] + done.stderr[-3000:]
     for rank in range(gpus):
         assert json.loads((runs / f"syncs.{rank}.json").read_text()) == [], rank
     for setup in setups:

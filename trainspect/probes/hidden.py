@@ -190,13 +190,22 @@ class HiddenProbe(Probe):
             return ()
         packed = torch.cat([self.absmax, self.first.to(torch.float64)])  # (n + 1,)
         all_reduce_max(packed)  # the flush then sums: compute divides by the rank count
-        for slot, numel in enumerate(self._numel):
-            if numel:
-                self.stats[slot, 0].fill_(numel)  # fill_ passes the value as a kernel argument
+        self._write_counts()
         self.host[0].fill_(self._checked)  # fill_ passes the value as a kernel argument
         self.host[1].fill_(self._sampled)
         self.host[2].fill_(1)
         return (self.stats, packed, self.host)
+
+    def _write_counts(self) -> None:
+        """The host's element counts into the count column: one index_fill_ per distinct
+        count (the decoder layers' outputs all have B·T·d elements: usually one)."""
+        by_count: dict[int, list[int]] = {}
+        for slot, numel in enumerate(self._numel):
+            if numel:
+                by_count.setdefault(numel, []).append(slot)
+        for numel, slots in by_count.items():
+            index = self._codes_for(tuple(slots))[1]
+            self.stats[:, 0].index_fill_(0, index, numel)  # the value is a kernel argument
 
     def reset(self) -> None:
         self.stats.zero_()

@@ -7,15 +7,16 @@ One call before training attaches everything; the loop changes nothing else:
   (`attention_mask`, `input_ids`, `labels` keyword arguments) for throughput;
 - forward hooks on the hidden modules (default: every decoder layer, found by the
   `layers.N` / `h.N` / `blocks.N` naming of HF and PEFT models) feed `HiddenProbe`;
-- a post-accumulate-grad hook on the first trainable parameter of every layer (on the
-  tensor autograd accumulates into: FSDP1's flat parameter) notices the first gradient
-  of a backward pass and queues one callback for the end of that pass with the
-  autograd engine (`queue_callback`, as DDP and FSDP do). That callback
-  re-queues itself once so that it runs after DDP's own end-of-backward callback, when
-  the gradients are final. There it calls `GradProbe.after_backward`. This needs no
-  call from the loop, sees every backward (gradient accumulation included), and costs
-  one Python call per layer per backward; an explicit `after_backward(step)` from the
-  loop would miss loops that never call it and could not see a detached loss;
+- a tensor hook on the outputs of each training forward (and a post-accumulate-grad
+  hook on the first trainable parameter of the first and the last layer, for a loss
+  that bypasses the outputs) notices the start of a backward pass and queues one
+  callback for the end of that pass with the autograd engine (`queue_callback`, as DDP
+  and FSDP do). That callback re-queues itself once so that it runs after DDP's and
+  FSDP's own end-of-backward callbacks, when the gradients are final. There it calls
+  `GradProbe.after_backward`. This needs no call from the loop, sees every backward
+  (gradient accumulation included), and costs a few Python calls per backward; an
+  explicit `after_backward(step)` from the loop would miss loops that never call it
+  and could not see a detached loss;
 - `LoraProbe` needs no hook: it reads the weights at the flush.
 
 Hooks never raise into training: a failing probe is switched off and reported once.
@@ -202,6 +203,22 @@ def find_hidden(model: nn.Module, wanted: Any) -> list[tuple[str, nn.Module]]:
     return sorted(chosen, key=lambda sm: order[id(sm[1])])
 
 
+def _outputs_with_grad(output: Any) -> list[torch.Tensor]:
+    """The floating tensors of a forward's output that autograd will flow through: the
+    output itself, or the items of a tuple, list or dict-like output (HF's ModelOutput:
+    loss, logits), one level deep."""
+    if isinstance(output, torch.Tensor):
+        items: Any = (output,)
+    elif isinstance(output, (tuple, list)):
+        items = output
+    elif hasattr(output, "values"):
+        items = list(output.values())
+    else:
+        return []
+    return [t for t in items if isinstance(t, torch.Tensor) and t.requires_grad
+            and t.is_floating_point()]
+
+
 _graph_task_id = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
@@ -230,6 +247,8 @@ class Watch:
         self._off: set[str] = set()
         self._queued = False
         self._closed = False
+        self._training = False
+        self._backward_watched = False
 
     def __repr__(self) -> str:
         return f"Watch(every={self.every}, probes={sorted(self.probes)})"
@@ -274,15 +293,16 @@ class Watch:
             self._add_speed(device, peak_flops)
         self._handles.append(model.register_forward_pre_hook(self._before, with_kwargs=True))
         self._handles.append(model.register_forward_hook(self._after))
-        if "grads" in self.probes or "speed" in self.probes:
-            # one parameter per layer is enough to notice a backward pass that reaches the
-            # layer (every trainable tensor of a layer takes part in its output), and each
-            # hook is a Python call on the autograd thread: hundreds of them cost a ms.
-            # The hook goes where autograd accumulates (FSDP1: the flat parameter).
-            first: dict[int, torch.Tensor] = {}
-            for t, layer in zip(params, index):
-                first.setdefault(layer, t.leaf)
-            for leaf in {id(x): x for x in first.values()}.values():
+        self._backward_watched = "grads" in self.probes or "speed" in self.probes
+        if self._backward_watched and params:
+            # A backward is noticed where it starts, at the model's outputs (a tensor hook
+            # registered by the root forward hook, one or two per step), and, for a loss
+            # that bypasses them, at the first trainable tensor of the first and the last
+            # layer: each hook is a Python call on the autograd thread, so not one per
+            # layer. They go where autograd accumulates (FSDP1: the flat parameter).
+            ends = [next(t for t, i in zip(params, index) if i == layer)
+                    for layer in sorted({index[0], index[-1], max(index)})]
+            for leaf in {id(t.leaf): t.leaf for t in ends}.values():
                 self._handles.append(leaf.register_post_accumulate_grad_hook(self._on_grad))
         return self
 
@@ -365,6 +385,7 @@ class Watch:
                 self._off.add(name)
         self._queued = False  # a backward that died half-way must not block the next one
         training = module.training and torch.is_grad_enabled()
+        self._training = training
         grads, hidden, speed = (self.probes.get(k) for k in ("grads", "hidden", "speed"))
         if training and grads is not None:
             self._call(grads, "forward", grads.forward_seen)
@@ -374,9 +395,17 @@ class Watch:
             self._call(hidden, "forward", hidden.begin_forward, self.run.step, training)
 
     def _after(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._closed or _in_backward():
+            return
         hidden = self.probes.get("hidden")
-        if hidden is not None and not self._closed and not _in_backward():
+        if hidden is not None:
             self._call(hidden, "forward", hidden.end_forward, self.run.step)
+        if self._training and self._backward_watched:
+            try:  # the backward of this forward starts at its outputs: one hook there
+                for t in _outputs_with_grad(output):
+                    t.register_hook(self._on_output_grad)
+            except Exception as err:
+                self._call_all_failed("forward hook", err)
 
     @staticmethod
     def _count(speed: SpeedProbe, args: tuple, kwargs: dict) -> None:
@@ -409,6 +438,9 @@ class Watch:
         except Exception as err:
             probe._collecting = False
             self._fail(probe, "forward hook", err)
+
+    def _on_output_grad(self, grad: torch.Tensor) -> None:
+        self._on_grad(grad)
 
     def _on_grad(self, param: torch.Tensor) -> None:
         if self._queued or self._closed:
