@@ -9,7 +9,9 @@ instead), with and without `watch` attached: LoRA deltas, gradient norms, hidden
 statistics and the finiteness check on every decoder layer, throughput.
 
 Each attach starts from LoRA B = 0, as a run's watch does (the A/B rounds attach and
-detach it every round). Design. Step times drift by several percent over seconds on these machines, so the two
+detach it every round).
+
+Design. Step times drift by several percent over seconds on these machines, so the two
 variants alternate in short rounds (one flush window each: log_every 10, so every
 watched round holds one flush) in one process, the order flipped every round, and the
 garbage collector is run before each timed block. Each round gives one ratio

@@ -34,9 +34,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from watch_overhead import bootstrap_interval  # noqa: E402
+
 import trainspect as ts  # noqa: E402
 from trainspect.probes.watch import watch  # noqa: E402
-from watch_overhead import bootstrap_interval  # noqa: E402
 
 LOG_EVERY = 10
 
