@@ -16,6 +16,7 @@ import pytest
 import trainspect as ts  # noqa: E402
 from tests.integrations import sharded_play  # noqa: E402
 from tests.integrations.ranks import free_port, run_ranks  # noqa: E402
+from tests.integrations.test_recipes import launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,3 +105,22 @@ def test_deepspeed_zero_deltas_and_hidden_states_and_no_gradient_norms(zero_runs
         if key.startswith("hidden/"):
             got = dict(view.series(key))[points[0][0]]
             assert got == pytest.approx(points[0][1], rel=1e-5, abs=1e-6), key
+
+
+def test_the_fsdp2_recipe_pools_two_ranks(runs, tmp_path):
+    view = launch(tmp_path, runs, "fsdp2", "-m", "torch.distributed.run", "--nproc_per_node",
+                  "2", "--master_port", str(free_port()))
+    # each window: 5 steps x 2 ranks x 4 sequences x 15 supervised positions
+    assert view.series("text/supervised_tokens") == [(s, 600.0) for s in (5, 10, 15, 20)]
+    assert {"grad/norm", "grad/layers.0/norm", "delta/total", "hidden/layers.1/std"} <= set(
+        view.keys())
+    assert not [a for a in view.alerts() if a["rule"] in ("probe_failed", "grads.detached")]
+
+
+def test_the_tensor_parallel_recipe_counts_each_token_once(runs, tmp_path):
+    view = launch(tmp_path, runs, "tp", "-m", "torch.distributed.run", "--nproc_per_node",
+                  "2", "--master_port", str(free_port()))
+    # one TP group: 5 steps x 4 sequences x 15 positions, counted on its first rank only
+    assert view.series("text/supervised_tokens") == [(s, 300.0) for s in (5, 10, 15, 20)]
+    assert {"grad/norm", "grad/layers.1/norm", "delta/layers.0/up"} <= set(view.keys())
+    assert not [a for a in view.alerts() if a["rule"] in ("probe_failed", "grads.detached")]
