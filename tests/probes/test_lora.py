@@ -13,7 +13,8 @@ from torch import nn
 
 import trainspect as ts
 from trainspect.probes.lora import AdapterRef, LoraProbe, WeightRef
-from trainspect.probes.watch import block_of, short_name, split_layer, watch
+from trainspect.probes.modules import block_of, short_name, split_layer
+from trainspect.probes.watch import watch
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")

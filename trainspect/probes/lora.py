@@ -20,6 +20,10 @@ Trainable weights that are not LoRA factors (a full fine-tune, or PEFT's
 the start, on the parameter's own device and in its dtype: that costs as much memory
 as those weights, which is why `watch(full_deltas=None)` turns it on only below a size.
 
+Under sharding (FSDP, tensor parallel, ZeRO-3) each rank reads its piece of every
+factor and weight; the Grams and squared norms pool in the flush (lora_grams.py,
+placement.py), so the numbers are those of the whole adapters and weights.
+
 A block's value is the Frobenius norm of all its modules together, sqrt(Σ‖ΔW_m‖²),
 and so is a layer's total. Values are computed at the flush (device work queued on the
 training thread, no sync), at most once per `every` steps: they are values at that
@@ -43,6 +47,14 @@ import numpy as np
 import torch
 
 from trainspect.probes.base import Probe
+from trainspect.probes.lora_grams import (
+    Side,
+    delta_sq,
+    host_grams,
+    keeps_start,
+    side_grams,
+    stack_2d,
+)
 from trainspect.probes.placement import Tracked, gather_views, placement_of
 from trainspect.records import Alert, Matrix, Scalar
 
@@ -76,28 +88,6 @@ def as_tracked(name: str, t: Any) -> Tracked:
 
 
 @dataclass
-class _Side:
-    """One factor kind (A or B) of a set of adapters whose Grams come out the same way.
-
-    `gram`: each rank's Gram matrices of its pieces add up to the whole's (the factor is
-    whole here, or cut only along the dims the Gram sums over), computed with one bmm
-    for the set; else the pieces travel whole (placement.py) and the host takes the Gram.
-    """
-
-    kind: str  # "a" or "b"
-    index: list[int]  # positions in the probe's adapter list
-    factors: list[Tracked]
-    rank: int
-    gram: bool
-    with_start: bool  # B₀A₀ may be non-zero: the start is kept (snapshot or buffer)
-    snapshot: torch.Tensor | None = None  # (m, ...) local pieces at the start
-    buffer: torch.Tensor | None = None  # gathered: (m · numel,) whole factors, then snapshots
-    views: list[torch.Tensor] = field(default_factory=list)
-    snapshot_views: list[torch.Tensor] = field(default_factory=list)
-    plain_views: list[torch.Tensor] | None = None  # kept 2-D views of plain parameters
-
-
-@dataclass
 class _Table:
     """Cells (layer, block) in first-seen order, and which cell each item adds to."""
 
@@ -128,80 +118,6 @@ def _chains(a: Tracked, b: Tracked) -> bool:
     r = a.placement.shape[0] if a.placement.shape else 0
     b_cols = math.prod(b.placement.shape[1:]) if len(b.placement.shape) > 1 else 0
     return r > 0 and b_cols == r
-
-
-def _keeps_start(ref: AdapterRef) -> bool:
-    """Whether an adapter's start B₀A₀ is kept: not when B₀ = 0 (PEFT's default init),
-    judged on whole factors (the same values on every rank); sharded adapters always keep
-    it, so that every rank's state has the same layout without asking the others."""
-    if ref.a.placement.whole and ref.b.placement.whole:
-        return not bool((ref.b.data() == 0).all())
-    return True
-
-
-def _stack_2d(side: _Side, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stacked 2-D pieces: A as (m, r, in_local), B as (m, out_local, r)."""
-    if side.kind == "a":
-        return torch.stack([t.reshape(side.rank, -1) for t in tensors])
-    return torch.stack([t.reshape(-1, side.rank) for t in tensors])
-
-
-def _pieces(side: _Side) -> list[torch.Tensor]:
-    """The side's local pieces. Plain parameters' 2-D views are kept from one flush to the
-    next (reading 300 factors anew costs a millisecond of Python) while they still point
-    at the parameters' storage; anything else (DTensor, FSDP1, ZeRO-3) is read anew."""
-    views = side.plain_views
-    if views is not None and all(v.data_ptr() == f.param.data_ptr()
-                                 for v, f in zip(views, side.factors)):
-        return views
-    pieces = [f.data() for f in side.factors]
-    if all(type(f.param) in (torch.Tensor, torch.nn.Parameter) and f.span is None
-           and not hasattr(f.param, "ds_tensor") for f in side.factors):
-        side.plain_views = [x.reshape((side.rank, -1) if side.kind == "a" else (-1, side.rank))
-                            for x in pieces]
-    return pieces
-
-
-def side_grams(side: _Side) -> torch.Tensor:
-    """(m, k, r, r) float64 Grams of a `gram` side's pieces: XXᵀ for A, XᵀX for B, and with
-    a snapshot X₀ also the cross Gram (AA₀ᵀ, B₀ᵀB) and X₀'s own; no host sync."""
-    x = _stack_2d(side, _pieces(side)).to(torch.float64)
-    grams = [x @ x.transpose(1, 2) if side.kind == "a" else x.transpose(1, 2) @ x]
-    if side.snapshot is not None:
-        x0 = side.snapshot.to(torch.float64)
-        if side.kind == "a":
-            grams += [x @ x0.transpose(1, 2), x0 @ x0.transpose(1, 2)]
-        else:
-            grams += [x0.transpose(1, 2) @ x, x0.transpose(1, 2) @ x0]
-    return torch.stack(grams, dim=1)
-
-
-def host_grams(kind: str, m: int, rank: int, whole: np.ndarray,
-               whole0: np.ndarray | None) -> np.ndarray:
-    """The same Grams as `side_grams`, (m, k, r, r), from m gathered whole factors of one
-    shape laid end to end in `whole` (and their starts in `whole0`)."""
-    x = whole.reshape(m, rank, -1) if kind == "a" else whole.reshape(m, -1, rank)
-    xt = x.transpose(0, 2, 1)
-    grams = [x @ xt if kind == "a" else xt @ x]
-    if whole0 is not None:
-        x0 = whole0.reshape(x.shape)
-        x0t = x0.transpose(0, 2, 1)
-        grams += [x @ x0t, x0 @ x0t] if kind == "a" else [x0t @ x, x0t @ x0]
-    return np.stack(grams, axis=1)
-
-
-def delta_sq(gram_a: np.ndarray, gram_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(‖BA − B₀A₀‖_F², ‖B‖_F²) per adapter from (m, k, r, r) Grams (k = 1, or 3 with the
-    start kept: the Gram, the cross Gram AA₀ᵀ or B₀ᵀB, the start's own):
-
-        ‖BA‖² = tr((BᵀB)(AAᵀ)),  ⟨BA, B₀A₀⟩ = tr((B₀ᵀB)(AA₀ᵀ)),  ‖B₀A₀‖² likewise.
-    """
-    # AAᵀ is symmetric: tr(XY) = Σ X ⊙ Y
-    sq = np.einsum("mij,mij->m", gram_b[:, 0], gram_a[:, 0])
-    if gram_a.shape[1] == 3 and gram_b.shape[1] == 3:
-        sq = (sq + np.einsum("mij,mij->m", gram_b[:, 2], gram_a[:, 2])
-              - 2 * np.einsum("mij,mji->m", gram_b[:, 1], gram_a[:, 1]))
-    return sq, np.trace(gram_b[:, 0], axis1=1, axis2=2)
 
 
 class LoraProbe(Probe):
@@ -251,14 +167,14 @@ class LoraProbe(Probe):
 
     # ---- setup (once, may sync) --------------------------------------------------------
 
-    def _group_sides(self) -> list[_Side]:
+    def _group_sides(self) -> list[Side]:
         """Factors grouped by kind, whole shape, placement and whether the start is kept:
         the same groups, in the same order, on every rank."""
-        by_key: dict[tuple, _Side] = {}
+        by_key: dict[tuple, Side] = {}
         with torch.no_grad():
             for i, ref in enumerate(self.adapters):
                 rank = ref.a.placement.shape[0]
-                keep = _keeps_start(ref)
+                keep = keeps_start(ref)
                 for kind, factor in (("a", ref.a), ("b", ref.b)):
                     placement = factor.placement
                     dims = set(range(1, len(placement.shape))) if kind == "a" else {0}
@@ -266,19 +182,19 @@ class LoraProbe(Probe):
                                                and placement.split is not None
                                                and set(placement.split) <= dims)
                     key = (kind, factor.param.device, placement, gram, keep)
-                    side = by_key.setdefault(key, _Side(kind, [], [], rank=rank, gram=gram,
+                    side = by_key.setdefault(key, Side(kind, [], [], rank=rank, gram=gram,
                                                         with_start=keep))
                     side.index.append(i)
                     side.factors.append(factor)
             sides = list(by_key.values())
             for side in sides:
                 if side.with_start:  # torch.stack copies
-                    side.snapshot = _stack_2d(side, [f.data() for f in side.factors])
+                    side.snapshot = stack_2d(side, [f.data() for f in side.factors])
                 if not side.gram:
                     self._gather_buffer(side)
         return sides
 
-    def _gather_buffer(self, side: _Side) -> None:
+    def _gather_buffer(self, side: Side) -> None:
         placements = [f.placement for f in side.factors]
         sizes = [p.numel() for p in placements]
         copies = 2 if side.with_start else 1
@@ -342,7 +258,7 @@ class LoraProbe(Probe):
         norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
         return torch.stack(norms).to(torch.float64).square()
 
-    def _side_grams(self, side: _Side, array: np.ndarray, ranks: float) -> np.ndarray:
+    def _side_grams(self, side: Side, array: np.ndarray, ranks: float) -> np.ndarray:
         """(m, k, r, r) Grams of one side from the pooled state (see placement.py)."""
         k = 3 if side.with_start else 1
         scale = side.factors[0].placement.pieces / ranks  # one placement per side

@@ -61,23 +61,12 @@ class Placement:
         """True when this rank holds the whole tensor (it may be replicated elsewhere)."""
         return self.pieces == 1
 
-    def sums_over_rows(self, rows_dim: int) -> bool:
-        """Whether a sum over `rows_dim` of the whole adds up from the ranks' pieces: true
-        when the tensor is whole here, or cut only along `rows_dim` (a Gram matrix XᵀX
-        over X's rows pools when only rows are cut)."""
-        if self.whole:
-            return True
-        return not self.partial and self.split is not None and set(self.split) <= {rows_dim}
-
     def norm_adds_up(self) -> bool:
         """Whether squared norms of the pieces add up to the whole's (not for addends)."""
         return not self.partial
 
     def numel(self) -> int:
         return math.prod(self.shape)
-
-
-REPLICATED = Placement(shape=())
 
 
 def is_dtensor(t: Any) -> bool:
