@@ -46,13 +46,13 @@ CPU interpreter works only when TRITON_INTERPRET=1 is set before triton is impor
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .token_stats import RowStats
+from .token_stats import _triton_interpreting as _interpreting
 from .token_stats_tl import _rows_kernel, triton
 
 __all__ = ["BENCH_CONFIGS", "DEFAULT_CONFIG", "SHORT_MAX_VOCAB", "TritonConfig", "fold_triton",
@@ -111,10 +111,6 @@ def _pow2_at_most(n: int) -> int:
 @functools.lru_cache(maxsize=16)
 def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _merge_lead(sizes: tuple[int, ...], strides: list[tuple[int, ...]]
