@@ -138,25 +138,50 @@ def linear_cross_entropy(
     `target_hidden` [..., H_t] with `target_weight` [V, H_t] (and `target_bias`), whose
     logits are formed chunk by chunk too. `step` defaults to the run's last step.
     """
+    return linear_cross_entropy_rows(
+        hidden, weight, labels, bias=bias, ignore_index=ignore_index, reduction=reduction,
+        logit_softcap=logit_softcap, run=run, step=step, stream=stream,
+        target_hidden=target_hidden, target_weight=target_weight, target_bias=target_bias,
+        target_logits=target_logits, input_ids=input_ids, attention_mask=attention_mask,
+        token_names=token_names, max_chunk_bytes=max_chunk_bytes)[0]
+
+
+def linear_cross_entropy_rows(
+    hidden: Any, weight: Any, labels: Any, *, keep_rows: bool = False, **options: Any,
+) -> tuple[Any, Any]:
+    """`linear_cross_entropy`, and with `keep_rows` (or a recording run) each row's
+    statistics as a `RowStats` of N-length tensors (else None): what a fused LM head
+    returns per token (entropy, whether the label was the argmax) for TRL."""
     import torch
 
     from trainspect.kernels.linear_ce import fused_linear_ce
 
+    run, reduction = options.get("run"), options.get("reduction", "mean")
+    ignore_index = options.get("ignore_index", -100)
+    cap = options.get("logit_softcap")
     hidden2, labels2, shape = _flat(hidden, labels)
-    teacher = _teacher(target_logits, target_hidden, target_weight, target_bias, hidden2.shape[0],
+    teacher = _teacher(options.get("target_logits"), options.get("target_hidden"),
+                       options.get("target_weight"), options.get("target_bias"),
+                       hidden2.shape[0],
                        weight.shape[0] if isinstance(weight, torch.Tensor) else None, run)
-    stats = RunStats.start(run, step, stream, hidden, weight, labels2, teacher, ignore_index,
-                           logit_softcap)
+    stats = RunStats.start(run, options.get("step"), options.get("stream", "text"), hidden,
+                           weight, labels2, teacher, ignore_index, cap)
+    recorder = None if stats is None else stats.recorder
+    if recorder is None and keep_rows:
+        recorder = RowRecorder(labels2.shape[0], labels2.device, ignore_index=ignore_index,
+                               logit_softcap=cap)
     try:
-        loss = fused_linear_ce(hidden2, weight, labels2, bias=bias, ignore_index=ignore_index,
-                               reduction=reduction, logit_softcap=logit_softcap,
-                               row_pass=None if stats is None else stats.recorder,
-                               max_chunk_bytes=max_chunk_bytes)
+        loss = fused_linear_ce(hidden2, weight, labels2, bias=options.get("bias"),
+                               ignore_index=ignore_index, reduction=reduction,
+                               logit_softcap=cap, row_pass=recorder,
+                               max_chunk_bytes=options.get("max_chunk_bytes"))
     except (ValueError, TypeError) as err:
         raise TrainspectError(f"linear_cross_entropy: {err}") from err
     if stats is not None:
-        stats.finish(input_ids, attention_mask, token_names)
-    return loss.view(shape) if reduction == "none" else loss
+        stats.finish(options.get("input_ids"), options.get("attention_mask"),
+                     options.get("token_names"))
+    loss = loss.view(shape) if reduction == "none" else loss
+    return loss, None if recorder is None else recorder.row_stats()
 
 
 def _flat(hidden: Any, labels: Any) -> tuple[Any, Any, tuple]:
