@@ -52,8 +52,9 @@ def assert_close_samples(a: list, b: list, rel: float = 1e-4) -> None:
     """Sample rows equal: tokens and ids exactly, probabilities to `rel`."""
     assert len(a) == len(b) and a
     for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k != "positions"} == {
-            k: v for k, v in rb.items() if k != "positions"}
+        head_a = {k: v for k, v in ra.items() if k != "positions"}
+        head_b = {k: v for k, v in rb.items() if k != "positions"}
+        assert head_a == head_b, (head_a, head_b)
         assert len(ra["positions"]) == len(rb["positions"])
         for pa, pb in zip(ra["positions"], rb["positions"]):
             for key in pa:
