@@ -126,7 +126,9 @@ def _online_block(z, cols, m_run, m_ref, s, a, amax, V):
         amax = tl.min(tl.where(z == block_max, cols, V), axis=0)  # first index in the block
         m_run = block_max
         m_ref = new_ref
-    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR)  # one fma and a clamp: -inf -> T_FLOOR
+    # one fma and a clamp: -inf -> T_FLOOR; NaN stays NaN (max.NaN), so a NaN logit
+    # makes the row's sum NaN instead of vanishing
+    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR, propagate_nan=tl.PropagateNan.ALL)
     e = tl.exp2(t)
     return m_run, m_ref, s + e, a + e * t, amax
 
@@ -141,8 +143,43 @@ def _online_block_sum(z, cols, m_run, m_ref, s, amax, V):
         amax = tl.min(tl.where(z == block_max, cols, V), axis=0)
         m_run = block_max
         m_ref = new_ref
-    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR)
+    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR, propagate_nan=tl.PropagateNan.ALL)
     return m_run, m_ref, s + tl.exp2(t), amax
+
+
+@_jit
+def _softcap(x, cap):
+    """cap * tanh(x / cap) in fp32, through exp2 (tanh(y) = sign(y) (1 - e) / (1 + e),
+    e = exp(-2|y|), no overflow); NaN stays NaN and +-inf become +-cap."""
+    y = x / cap
+    e = tl.exp2(tl.abs(y) * (-2.0 * LOG2E))
+    th = (1.0 - e) / (1.0 + e)
+    return cap * tl.where(y < 0.0, -th, th)
+
+
+@_jit
+def _load_z(ptr, cols, stride_col, inb, SOFTCAP: tl.constexpr, cap, MASKED: tl.constexpr,
+            EVICT: tl.constexpr):
+    """A block of logits as fp32 z (soft-capped when SOFTCAP); -inf outside the row."""
+    if MASKED:
+        x = tl.load(ptr + cols * stride_col, mask=inb, other=NEG_INF).to(tl.float32)
+    else:
+        x = tl.load(ptr + cols * stride_col, eviction_policy=EVICT).to(tl.float32)
+    if SOFTCAP:
+        x = _softcap(x, cap)
+        if MASKED:
+            x = tl.where(inb, x, NEG_INF)
+    return x
+
+
+@_jit
+def _grad_block(z, cols, label, lse2, scale, SOFTCAP: tl.constexpr, cap):
+    """(softmax(z) - onehot(label)) * dz/dx * scale for one block of a row."""
+    g = tl.exp2(z * LOG2E - lse2) - tl.where(cols == label, 1.0, 0.0)
+    if SOFTCAP:
+        th = z / cap
+        g = g * (1.0 - th * th)
+    return g * scale
 
 
 @_jit
@@ -158,19 +195,23 @@ def _kl_alpha_block(z, tz, lse2, lse2_t, kl, alpha):
 
 @_jit
 def _token_stats_kernel(
-    logits_ptr, labels_ptr, target_ptr,  # (N, V) any float, (N,) int64, (N, V) or dummy
-    argmax_ptr, conf_ptr, label_prob_ptr, ce_ptr, entropy_ptr,  # (N,) outputs
+    logits_ptr, labels_ptr, target_ptr, grad_ptr,  # (N, V), (N,) int64, (N, V), (N, V)
+    argmax_ptr, conf_ptr, label_prob_ptr, ce_ptr, entropy_ptr, finite_ptr,  # (N,) outputs
     t_argmax_ptr, kl_ptr, alpha_ptr,  # (N,) teacher outputs, or dummies
-    V, stride_row, stride_col, t_stride_row, t_stride_col,
-    HAS_TARGET: tl.constexpr, BLOCK_V: tl.constexpr, EVICT_PASS1: tl.constexpr,
+    scale_ptr, scale, cap,  # gradient scale (a pointer or a float), soft cap
+    V, stride_row, stride_col, t_stride_row, t_stride_col, g_stride_row, g_stride_col,
+    HAS_TARGET: tl.constexpr, HAS_GRAD: tl.constexpr, SCALE_PTR: tl.constexpr,
+    SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr, EVICT_PASS1: tl.constexpr,
 ):
     """One program per row: see the module docstring for the algorithm."""
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride can pass 2**31
     label = tl.load(labels_ptr + row).to(tl.int64)
+    lanes = tl.arange(0, BLOCK_V)
+    v_full = (V // BLOCK_V) * BLOCK_V
+    g_row_ptr = grad_ptr + row * g_stride_row
     if (label >= 0) & (label < V):
         row_ptr = logits_ptr + row * stride_row
         t_row_ptr = target_ptr + row * t_stride_row
-        lanes = tl.arange(0, BLOCK_V)
         m_run = tl.full([], NEG_INF, tl.float32)  # row max so far
         m_ref = tl.zeros([], tl.float32)  # m_run * log2(e), 0 while m_run is -inf
         s = tl.zeros([BLOCK_V], tl.float32)  # per lane: sum 2^t
@@ -181,12 +222,10 @@ def _token_stats_kernel(
         st = tl.zeros([BLOCK_V], tl.float32)
         t_amax = tl.zeros([], tl.int32)
         # ---- pass 1: full blocks without a mask, then the ragged tail with one ----
-        v_full = (V // BLOCK_V) * BLOCK_V
         for start in range(0, v_full, BLOCK_V):
             cols = start + lanes
-            z = tl.load(row_ptr + cols * stride_col, eviction_policy=EVICT_PASS1)
-            m_run, m_ref, s, a, amax = _online_block(z.to(tl.float32), cols, m_run, m_ref,
-                                                     s, a, amax, V)
+            z = _load_z(row_ptr, cols, stride_col, cols < V, SOFTCAP, cap, False, EVICT_PASS1)
+            m_run, m_ref, s, a, amax = _online_block(z, cols, m_run, m_ref, s, a, amax, V)
             if HAS_TARGET:
                 tz = tl.load(t_row_ptr + cols * t_stride_col, eviction_policy=EVICT_PASS1)
                 mt_run, mt_ref, st, t_amax = _online_block_sum(tz.to(tl.float32), cols,
@@ -194,9 +233,8 @@ def _token_stats_kernel(
         if v_full < V:
             cols = v_full + lanes
             inb = cols < V
-            z = tl.load(row_ptr + cols * stride_col, mask=inb, other=NEG_INF)
-            m_run, m_ref, s, a, amax = _online_block(z.to(tl.float32), cols, m_run, m_ref,
-                                                     s, a, amax, V)
+            z = _load_z(row_ptr, cols, stride_col, inb, SOFTCAP, cap, True, EVICT_PASS1)
+            m_run, m_ref, s, a, amax = _online_block(z, cols, m_run, m_ref, s, a, amax, V)
             if HAS_TARGET:
                 tz = tl.load(t_row_ptr + cols * t_stride_col, mask=inb, other=NEG_INF)
                 mt_run, mt_ref, st, t_amax = _online_block_sum(tz.to(tl.float32), cols,
@@ -205,7 +243,11 @@ def _token_stats_kernel(
         big_s = tl.sum(s, axis=0)
         log2_s = tl.log2(big_s)
         lse2 = m_ref + log2_s  # log-normaliser in base 2, against the same reference
+        # NaN when the row had a NaN or +inf logit (then m_ref is +inf) or was all -inf
+        finite = (lse2 == lse2) & (tl.abs(lse2) < float("inf"))
         z_label = tl.load(row_ptr + label * stride_col).to(tl.float32)  # the one label read
+        if SOFTCAP:
+            z_label = _softcap(z_label, cap)
         log2_p_label = z_label * LOG2E - lse2  # -inf if its logit is -inf
         tl.store(argmax_ptr + row, amax.to(tl.int64))
         tl.store(conf_ptr + row, tl.exp2(m_run * LOG2E - lse2))
@@ -214,25 +256,43 @@ def _token_stats_kernel(
         tl.store(entropy_ptr + row, (log2_s - tl.sum(a, axis=0) / big_s) * LN2)
         if HAS_TARGET:
             lse2_t = mt_ref + tl.log2(tl.sum(st, axis=0))
+            finite = finite & (lse2_t == lse2_t) & (tl.abs(lse2_t) < float("inf"))
             # ---- pass 2: both normalisers known; newest blocks first (likeliest in L2) ----
             kl = tl.zeros([BLOCK_V], tl.float32)
             alpha = tl.zeros([BLOCK_V], tl.float32)
             if v_full < V:
                 cols = v_full + lanes
                 inb = cols < V
-                z = tl.load(row_ptr + cols * stride_col, mask=inb, other=NEG_INF)
+                z = _load_z(row_ptr, cols, stride_col, inb, SOFTCAP, cap, True, "")
                 tz = tl.load(t_row_ptr + cols * t_stride_col, mask=inb, other=NEG_INF)
-                kl, alpha = _kl_alpha_block(z.to(tl.float32), tz.to(tl.float32), lse2, lse2_t,
-                                            kl, alpha)
+                kl, alpha = _kl_alpha_block(z, tz.to(tl.float32), lse2, lse2_t, kl, alpha)
             for start in range(v_full - BLOCK_V, -1, -BLOCK_V):
                 cols = start + lanes
-                z = tl.load(row_ptr + cols * stride_col, eviction_policy="evict_first")
+                z = _load_z(row_ptr, cols, stride_col, cols < V, SOFTCAP, cap, False,
+                            "evict_first")
                 tz = tl.load(t_row_ptr + cols * t_stride_col, eviction_policy="evict_first")
-                kl, alpha = _kl_alpha_block(z.to(tl.float32), tz.to(tl.float32), lse2, lse2_t,
-                                            kl, alpha)
+                kl, alpha = _kl_alpha_block(z, tz.to(tl.float32), lse2, lse2_t, kl, alpha)
             tl.store(t_argmax_ptr + row, t_amax.to(tl.int64))
-            tl.store(kl_ptr + row, tl.sum(kl, axis=0) * LN2)
-            tl.store(alpha_ptr + row, tl.sum(alpha, axis=0))
+            # min() and the q > 0 test would drop a NaN: say NaN when a row is not finite
+            tl.store(kl_ptr + row, tl.where(finite, tl.sum(kl, axis=0) * LN2, float("nan")))
+            tl.store(alpha_ptr + row, tl.where(finite, tl.sum(alpha, axis=0), float("nan")))
+        tl.store(finite_ptr + row, finite.to(tl.int8))
+        if HAS_GRAD:
+            # ---- gradient pass: re-read the row (after every read above: in place is safe)
+            g_scale = tl.load(scale_ptr).to(tl.float32) if SCALE_PTR else scale
+            for start in range(0, v_full, BLOCK_V):
+                cols = start + lanes
+                z = _load_z(row_ptr, cols, stride_col, cols < V, SOFTCAP, cap, False,
+                            "evict_first")
+                g = _grad_block(z, cols, label, lse2, g_scale, SOFTCAP, cap)
+                tl.store(g_row_ptr + cols * g_stride_col, g.to(grad_ptr.dtype.element_ty))
+            if v_full < V:
+                cols = v_full + lanes
+                inb = cols < V
+                z = _load_z(row_ptr, cols, stride_col, inb, SOFTCAP, cap, True, "")
+                g = _grad_block(z, cols, label, lse2, g_scale, SOFTCAP, cap)
+                tl.store(g_row_ptr + cols * g_stride_col, g.to(grad_ptr.dtype.element_ty),
+                         mask=inb)
     else:
         # Not valid: zeros, and no read of the row at all.
         tl.store(argmax_ptr + row, tl.zeros([], tl.int64))
@@ -240,10 +300,16 @@ def _token_stats_kernel(
         tl.store(label_prob_ptr + row, 0.0)
         tl.store(ce_ptr + row, 0.0)
         tl.store(entropy_ptr + row, 0.0)
+        tl.store(finite_ptr + row, tl.zeros([], tl.int8))
         if HAS_TARGET:
             tl.store(t_argmax_ptr + row, tl.zeros([], tl.int64))
             tl.store(kl_ptr + row, 0.0)
             tl.store(alpha_ptr + row, 0.0)
+        if HAS_GRAD:
+            zeros = tl.zeros([BLOCK_V], tl.float32).to(grad_ptr.dtype.element_ty)
+            for start in range(0, V, BLOCK_V):
+                cols = start + lanes
+                tl.store(g_row_ptr + cols * g_stride_col, zeros, mask=cols < V)
 
 
 def _block_size(vocab_size: int, config: TritonConfig) -> int:
@@ -257,9 +323,12 @@ def row_stats_triton(
     valid: Tensor,
     *,
     target_logits: Tensor | None = None,
+    grad_out: Tensor | None = None,
+    logit_softcap: float | None = None,
+    grad_scale: float | Tensor | None = None,
     config: TritonConfig | None = None,
 ) -> RowStats:
-    """Token statistics of ``logits`` (N, V) with the fused Triton kernel.
+    """Row statistics of ``logits`` (N, V) with the fused Triton kernel.
 
     ``safe_labels`` (N,) int64 and ``valid`` (N,) bool come from ``token_stats.valid_rows``.
     Any strides are read in place (no copy). Allocates only the N-length outputs and
@@ -276,25 +345,34 @@ def row_stats_triton(
 
     argmax = torch.empty(n, dtype=torch.int64, device=device)
     conf, label_prob, ce, entropy = f32(), f32(), f32(), f32()
+    finite = torch.empty(n, dtype=torch.int8, device=device)
     t_argmax = torch.empty(n, dtype=torch.int64, device=device) if has_target else None
     kl = f32() if has_target else None
     alpha = f32() if has_target else None
     if n > 0:
-        target = target_logits if has_target else logits  # a dummy pointer without teacher
-        labels = safe_labels if safe_labels.is_contiguous() else safe_labels.contiguous()
         if triton is None:
             raise ValueError("backend='triton' needs the `triton` package (pip install triton)")
+        target = target_logits if has_target else logits  # a dummy pointer without teacher
+        grad = grad_out if grad_out is not None else logits
+        labels = safe_labels if safe_labels.is_contiguous() else safe_labels.contiguous()
+        scale_is_ptr = isinstance(grad_scale, Tensor)
         _token_stats_kernel[(n,)](
-            logits, labels, target,
-            argmax, conf, label_prob, ce, entropy,
+            logits, labels, target, grad,
+            argmax, conf, label_prob, ce, entropy, finite,
             t_argmax if has_target else argmax, kl if has_target else conf,
             alpha if has_target else conf,
+            grad_scale if scale_is_ptr else conf,
+            1.0 if grad_scale is None or scale_is_ptr else float(grad_scale),
+            1.0 if logit_softcap is None else float(logit_softcap),
             vocab, logits.stride(0), logits.stride(1), target.stride(0), target.stride(1),
-            HAS_TARGET=has_target, BLOCK_V=_block_size(vocab, cfg),
-            EVICT_PASS1="evict_last" if has_target else "evict_first",
+            grad.stride(0), grad.stride(1),
+            HAS_TARGET=has_target, HAS_GRAD=grad_out is not None, SCALE_PTR=scale_is_ptr,
+            SOFTCAP=logit_softcap is not None, BLOCK_V=_block_size(vocab, cfg),
+            EVICT_PASS1="evict_last" if has_target or grad_out is not None else "evict_first",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return RowStats(
         valid=valid, argmax=argmax, conf=conf, label_prob=label_prob, ce=ce,
         entropy=entropy, teacher_argmax=t_argmax, kl=kl, alpha=alpha,
+        finite=finite.view(torch.bool),
     )

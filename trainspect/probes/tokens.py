@@ -1,12 +1,14 @@
 """Token statistics per stream and group: what the model predicts and whether its
 confidence is deserved, accumulated on the device and turned into metrics at the flush.
 
-`update` runs the fused pass (`kernels.token_stats.row_stats`) over the logits and
-adds per-row results into fixed-size float64 sums: per group (draft position, audio
-codebook, or one group) the columns of `SUMS`, a [G, 10, 3] calibration table, and
-per-stream counters. Nothing is read back until the flush, and the logits are not
-kept after the call. `compute` pools the window's sums (and, through the run's one
-all_reduce, the ranks' sums) into ratios: never an average of per-batch ratios.
+`update` (behind `Run.observe`) and `observe_rows` (behind a fused linear
+cross-entropy, which hands over one chunk of rows at a time) run the row-statistics
+core (`kernels.token_stats`) and fold every row into fixed-size float64 sums laid out
+by `kernels.token_sums`: per group (draft position, audio codebook, or one group) the
+columns of `SUMS`, a [G, 10, 3] calibration table, and per-stream counters. Nothing is
+read back until the flush, and the logits are not kept after the call. `compute`
+pools the window's sums (and, through the run's one all_reduce, the ranks' sums) into
+ratios: never an average of per-batch ratios.
 """
 
 from __future__ import annotations
@@ -17,23 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from trainspect.kernels.token_sums import COL, COUNTERS, CTR, N_BINS, SUMS
 from trainspect.records import Alert, Matrix, Scalar
-
-N_BINS = 10  # calibration bins of width 0.1; a confidence of exactly 1.0 goes in the last
-CONFIDENT = 0.5  # "confidently wrong": wrong with top-1 probability above this
-
-# Per-group sums, one column each (float64: exact counts up to 2**53 tokens).
-SUMS = (
-    "tokens",  # supervised tokens
-    "correct", "confident_wrong", "ce", "entropy", "conf", "label_prob",
-    "teacher_agree", "kl", "alpha",  # with target_logits
-    "chain_correct",  # tokens whose positions 0..g are all correct (groups = draft positions)
-    "chain_base",  # tokens whose positions 0..g-1 are all correct and g is supervised
-)
-COL = {name: i for i, name in enumerate(SUMS)}
-# Per-stream counters.
-COUNTERS = ("calls", "empty_calls", "bad_labels", "teacher_calls")
-CTR = {name: i for i, name in enumerate(COUNTERS)}
 
 
 @dataclass
@@ -46,9 +33,11 @@ class StreamState:
     sums: Any  # (G, len(SUMS)) float64
     calibration: Any  # (G, N_BINS, 3) float64: count, sum of conf, sum of correct
     counters: Any  # (len(COUNTERS),) float64
-    ce_ema: float | None = None
+    scratch: Any  # (len(SCRATCH),) float64, zero between calls; never flushed
+    ema_raw: float = 0.0  # the CE EMA before bias correction (starts at 0, as Adam's)
+    ema_weight: float = 0.0  # 1 - prod(decay): the weight the EMA has gathered so far
     ema_step: int | None = None
-    group_labels: list[str] = field(default_factory=list)
+    alerted: set[str] = field(default_factory=set)  # alert rules already raised (once a run)
 
 
 class TokenProbe:
@@ -66,8 +55,8 @@ class TokenProbe:
     def update(self, stream: str, group: str | None, logits: Any, labels: Any, mask: Any,
                target_logits: Any, ignore_index: int = -100) -> None:
         """Add one batch. Shapes are checked by the caller; (..., G, V) when grouped."""
-
         from trainspect.kernels.token_stats import row_stats
+        from trainspect.kernels.token_sums import accumulate_rows
 
         vocab = logits.shape[-1]
         n_groups = logits.shape[-2] if group else 1
@@ -83,80 +72,62 @@ class TokenProbe:
             blocks = _row_blocks(logits, target_logits)  # (n_i, V) views, no copy
             label_rows = labels.reshape(-1)
             mask_rows = None if mask is None else mask.reshape(-1)
-        parts, start = [], 0
-        for block, teacher_block in blocks:
+        start = 0
+        for i, (block, teacher_block) in enumerate(blocks):
             stop = start + block.shape[0]
-            parts.append(row_stats(
-                block, label_rows[start:stop], target_logits=teacher_block,
-                mask=None if mask_rows is None else mask_rows[start:stop],
-                ignore_index=ignore_index,
-            ))
+            block_labels = label_rows[start:stop]
+            block_mask = None if mask_rows is None else mask_rows[start:stop]
+            stats = row_stats(block, block_labels, target_logits=teacher_block,
+                              mask=block_mask, ignore_index=ignore_index)
+            accumulate_rows(self._tensors(state), stats, block_labels, block_mask, n_groups,
+                            ignore_index, vocab, last_chunk=i == len(blocks) - 1)
             start = stop
-        stats = parts[0] if len(parts) == 1 else _cat(parts)
 
-        self._accumulate(state, stats, label_rows, mask_rows, n_groups, ignore_index)
+    def observe_rows(self, stream: str, logits: Any, labels: Any, *, mask: Any = None,
+                     target_logits: Any = None, ignore_index: int = -100,
+                     grad_out: Any = None, logit_softcap: float | None = None,
+                     grad_scale: Any = None, last_chunk: bool = True,
+                     backend: str = "auto") -> Any:
+        """Fold one chunk of rows (N, V) with labels (N,) into `stream`; return its RowStats.
+
+        The entry point of a fused linear cross-entropy (docs/architecture.md, "The
+        row-statistics core"): the same pass gives the per-row statistics (ce for the
+        loss, `finite`, ...), writes the gradient into `grad_out` when given, and folds
+        every row into the stream's sums exactly as `update` does. `last_chunk=False`
+        says more chunks of the same batch follow; the batch is counted as one call
+        (calls, empty batches, teacher calls) at its last chunk. Raises ValueError for
+        a stream first observed with a different layout.
+        """
+        from trainspect.kernels.token_stats import row_stats
+        from trainspect.kernels.token_sums import accumulate_rows
+
+        vocab = logits.shape[-1]
+        known = self.streams.get(stream)
+        if known is not None and (known.group is not None or known.vocab_size != vocab):
+            raise ValueError(f"stream {stream!r} was first observed with group="
+                             f"{known.group!r} and V={known.vocab_size}; rows of V={vocab} "
+                             f"need a stream of their own")
+        state = self._state(stream, None, 1, vocab, logits.device)
+        stats = row_stats(logits, labels, target_logits=target_logits, mask=mask,
+                          ignore_index=ignore_index, backend=backend, grad_out=grad_out,
+                          logit_softcap=logit_softcap, grad_scale=grad_scale)
+        accumulate_rows(self._tensors(state), stats, labels, mask, 1, ignore_index, vocab,
+                        last_chunk=last_chunk)
+        return stats
 
     @staticmethod
-    def _accumulate(state: StreamState, stats: Any, labels: Any, mask: Any, n_groups: int,
-                    ignore_index: int) -> None:
-        """Fold per-row results into the sums: about twenty small kernels, no sync.
-
-        The kernel already writes 0 to every output of a row that is not valid, so
-        sums of ce, entropy, conf and label_prob need no masking here.
-        """
-        import torch
-
-        valid = stats.valid
-        correct = (stats.argmax == labels) & valid  # (N,) bool
-        flags = torch.stack([valid, correct, (stats.conf > CONFIDENT) & valid & ~correct], 1)
-        columns = [flags.to(torch.float32), stats.ce[:, None], stats.entropy[:, None],
-                   stats.conf[:, None], stats.label_prob[:, None]]
-        if stats.kl is not None:
-            agree = (stats.argmax == stats.teacher_argmax) & valid
-            columns += [agree[:, None].to(torch.float32), stats.kl[:, None],
-                        stats.alpha[:, None]]
-        per_row = torch.cat(columns, dim=1).to(torch.float64)  # (N, K): the first K of SUMS
-        sums = per_row.view(-1, n_groups, per_row.shape[1]).sum(dim=0)  # (G, K)
-        state.sums[:, :sums.shape[1]] += sums
-        if n_groups > 1:  # chains over positions: token t's positions are consecutive rows
-            hits = per_row[:, 1].view(-1, n_groups)  # (M, G) correct
-            chain = torch.cumprod(hits, dim=1)
-            base = torch.cat([torch.ones_like(chain[:, :1]), chain[:, :-1]], dim=1)
-            state.sums[:, COL["chain_correct"]] += chain.sum(dim=0)
-            state.sums[:, COL["chain_base"]] += (base * per_row[:, 0].view(-1, n_groups)).sum(0)
-        else:
-            state.sums[:, COL["chain_correct"]] += sums[:, 1]
-            state.sums[:, COL["chain_base"]] += sums[:, 0]
-
-        bins = (stats.conf * N_BINS).to(torch.int64).clamp_(0, N_BINS - 1)  # 1.0: last bin
-        if n_groups > 1:
-            bins += (torch.arange(bins.numel(), device=bins.device) % n_groups) * N_BINS
-        cells = torch.stack([per_row[:, COL["tokens"]], per_row[:, COL["conf"]],
-                             per_row[:, COL["correct"]]], dim=1)  # (N, 3)
-        state.calibration.view(-1, 3).index_add_(0, bins, cells)
-
-        raw = labels.to(torch.int64)
-        bad = (raw != ignore_index) & ~valid  # supervised-looking label the kernel refused
-        if mask is not None:
-            bad &= mask.to(torch.bool)
-        tokens = sums[:, 0].sum()
-        one = torch.ones_like(tokens)
-        state.counters += torch.stack([one, (tokens == 0).to(torch.float64),
-                                       bad.sum().to(torch.float64),
-                                       one if stats.kl is not None else one * 0])
+    def _tensors(state: StreamState) -> tuple[Any, Any, Any, Any]:
+        return state.sums, state.calibration, state.counters, state.scratch
 
     def _state(self, stream: str, group: str | None, n_groups: int, vocab: int,
                device: Any) -> StreamState:
-        import torch
+        from trainspect.kernels.token_sums import new_state
 
         state = self.streams.get(stream)
         if state is None:
-            state = StreamState(
-                group=group, n_groups=n_groups, vocab_size=vocab,
-                sums=torch.zeros(n_groups, len(SUMS), dtype=torch.float64, device=device),
-                calibration=torch.zeros(n_groups, N_BINS, 3, dtype=torch.float64, device=device),
-                counters=torch.zeros(len(COUNTERS), dtype=torch.float64, device=device),
-            )
+            sums, calibration, counters, scratch = new_state(n_groups, device)
+            state = StreamState(group=group, n_groups=n_groups, vocab_size=vocab, sums=sums,
+                                calibration=calibration, counters=counters, scratch=scratch)
             self.streams[stream] = state
         return state
 
@@ -176,7 +147,7 @@ class TokenProbe:
         for i, (name, s) in enumerate(list(self.streams.items())[: len(arrays) // 3]):
             sums = arrays[3 * i].reshape(s.n_groups, len(SUMS))
             calibration = arrays[3 * i + 1].reshape(s.n_groups, N_BINS, 3)
-            counters = arrays[3 * i + 2]
+            counters = arrays[3 * i + 2].reshape(len(COUNTERS))
             records.extend(self._stream_records(name, s, sums, calibration, counters, step,
                                                 wall_time))
         return records
@@ -187,13 +158,17 @@ class TokenProbe:
         if counters[CTR["calls"]] == 0:
             return []  # not observed in this window
         has_teacher = counters[CTR["teacher_calls"]] > 0
+        nonfinite = int(counters[CTR["nonfinite_rows"]])
+        bad = int(counters[CTR["bad_labels"]])
         out: dict[str, float] = {
             "supervised_tokens": float(sums[:, COL["tokens"]].sum()),
             "empty_mask_batches": float(counters[CTR["empty_calls"]]),
+            "nonfinite_rows": float(nonfinite),
+            "out_of_range_labels": float(bad),
         }
         out.update(ratios(sums.sum(axis=0), calibration.sum(axis=0), has_teacher))
         if "ce" in out:
-            out["ce_ema"] = self._ema(s, out["ce"], step)
+            out["ce_ema"] = self._ema(s, out["ce"], step, counters[CTR["calls"]])
         if s.group:
             for g in range(s.n_groups):
                 per_group = ratios(sums[g], calibration[g], has_teacher)
@@ -212,32 +187,64 @@ class TokenProbe:
             row_labels=[f"{b / N_BINS:.1f}-{(b + 1) / N_BINS:.1f}" for b in range(N_BINS)],
             col_labels=["count", "sum_conf", "sum_correct"], wall_time=wall_time,
         ))
-        bad = int(counters[CTR["bad_labels"]])
-        if bad:
+        if nonfinite and "logits_nonfinite" not in s.alerted:
+            s.alerted.add("logits_nonfinite")
+            kept = int(out["supervised_tokens"])
+            records.append(Alert(
+                step=step, rule="logits_nonfinite", level="critical",
+                message=f"stream '{stream}', step {step}: {nonfinite} supervised rows of the "
+                        f"logits had NaN or inf values in this window and were left out of "
+                        f"the token statistics ({kept} rows kept; {stream}/nonfinite_rows "
+                        f"counts them per window; this alert is shown once)",
+                action="The loss is likely NaN too: check for overflow (fp16 without a loss "
+                       "scaler, a learning rate that is too high), see grad/norm and "
+                       "hidden/*/nonfinite around this step, and restart from the last "
+                       "finite checkpoint.",
+                wall_time=wall_time,
+            ))
+        if bad and "labels_out_of_range" not in s.alerted:
+            s.alerted.add("labels_out_of_range")
             records.append(Alert(
                 step=step, rule="labels_out_of_range", level="critical",
-                message=f"stream '{stream}': {bad} labels in this window were outside "
-                        f"[0, {s.vocab_size}) and not -100; they were ignored",
+                message=f"stream '{stream}', step {step}: {bad} labels in this window were "
+                        f"outside [0, {s.vocab_size}) and not the ignore index; they were "
+                        f"ignored ({stream}/out_of_range_labels counts them per window; "
+                        f"this alert is shown once)",
                 action="Check the label construction: the vocabulary size of the head "
                        f"({s.vocab_size}) must cover every label id, and padding must be -100.",
                 wall_time=wall_time,
             ))
         return records
 
-    def _ema(self, s: StreamState, ce: float, step: int) -> float:
-        """EMA of the window CE, weighted by the steps the window spans."""
-        if s.ce_ema is None or s.ema_step is None or not math.isfinite(s.ce_ema):
-            s.ce_ema = ce
-        else:
-            span = max(step - s.ema_step, 1)
-            alpha = 1.0 - (1.0 - self.ema_alpha_per_step) ** span
-            s.ce_ema = alpha * ce + (1.0 - alpha) * s.ce_ema
+    def _ema(self, s: StreamState, ce: float, step: int, calls: float) -> float:
+        """Bias-corrected EMA of the window CE, weighted by the steps each window spans.
+
+        As Adam's moments: the raw EMA starts at 0 and is divided by the weight it has
+        gathered, 1 - prod(decay), so a short run's EMA is the weighted mean of its
+        windows so far rather than its first window. The first window spans as many
+        steps as it had calls; a window whose CE is not finite is left out.
+        """
+        if not math.isfinite(ce):
+            return s.ema_raw / s.ema_weight if s.ema_weight > 0 else ce
+        span = max(int(calls), 1) if s.ema_step is None else max(step - s.ema_step, 1)
+        decay = (1.0 - self.ema_alpha_per_step) ** span
+        s.ema_raw = decay * s.ema_raw + (1.0 - decay) * ce
+        s.ema_weight = 1.0 - (1.0 - s.ema_weight) * decay
         s.ema_step = step
-        return s.ce_ema
+        return s.ema_raw / s.ema_weight
+
+
+def token_probe(run: Any) -> TokenProbe:
+    """The run's token probe (the one behind `run.observe`), attached on first use."""
+    probe = run.probe(TokenProbe.name)
+    if probe is None:
+        probe = run.add_probe(TokenProbe())
+    return probe
 
 
 def ratios(sums: np.ndarray, calibration: np.ndarray, has_teacher: bool) -> dict[str, float]:
-    """Metrics of docs/architecture.md's metric table from pooled sums of one group (or all groups)."""
+    """Metrics of docs/architecture.md's metric table from the pooled sums of one group
+    (or of all groups)."""
     n = sums[COL["tokens"]]
     if n == 0:
         return {}
