@@ -13,9 +13,11 @@ nothing is read back to the host).
 so it stores nothing in the forward and recomputes each chunk's logits in the
 backward (one more matmul, as Cut Cross-Entropy does).
 
-The per-row pass is a callable (``RowPass``) so that a caller can fold the chunk's
-statistics into its own accumulators while the chunk is in memory; ``plain_row_pass``
-is the one without any bookkeeping. This module imports nothing of trainspect's
+The per-row pass is ``token_stats.row_stats(chunk, labels, grad_out=chunk)`` (the
+row-statistics core, docs/architecture.md): one read of the chunk gives ce, the
+statistics and the gradient. It is a callable (``RowPass``) so that a caller can keep
+the chunk's statistics while the chunk is in memory; ``plain_row_pass`` is the one
+without any bookkeeping. This module imports nothing of trainspect's
 outside ``kernels/`` (docs/architecture.md, "Layers") and raises the built-in
 ``ValueError``/``TypeError`` for bad arguments.
 """
@@ -27,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .linear_ce_rows import rows_with_grad
+from .token_stats import row_stats
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "REDUCTIONS", "RowPass", "chunk_rows", "fused_linear_ce",
            "plain_row_pass"]
@@ -48,8 +50,8 @@ def plain_row_pass(ignore_index: int = -100, logit_softcap: float | None = None)
     """The row pass with no bookkeeping: cross-entropy, and the gradient when asked."""
 
     def row_pass(logits: Tensor, labels: Tensor, first_row: int, grad: bool) -> Tensor:
-        return rows_with_grad(logits, labels, ignore_index=ignore_index,
-                              logit_softcap=logit_softcap, grad=grad).ce
+        return row_stats(logits, labels, ignore_index=ignore_index, logit_softcap=logit_softcap,
+                         grad_out=logits if grad else None).ce
 
     return row_pass
 

@@ -1,12 +1,14 @@
 """`ts.linear_cross_entropy`: the loss of an LM head without its logits, and with `run=`
 every statistic `run.observe` records, from the same pass.
 
-The fused loss (kernels/linear_ce.py) takes the rows in chunks; for each chunk the
-row pass here keeps the per-row results (argmax, top-1 probability, label
-probability, cross-entropy, entropy; with a teacher its argmax, KL and acceptance) in
+The fused loss (kernels/linear_ce.py) takes the rows in chunks; each chunk's one
+`row_stats` call (the row-statistics core, docs/architecture.md) gives the loss, the
+gradient and the per-row results (argmax, top-1 probability, label probability,
+cross-entropy, entropy; with a teacher its argmax, KL and acceptance), kept here in
 N-length device buffers. After the last chunk they are folded into the run's
-`TokenProbe` state for the stream with the same code `observe` uses, so they pool
-across flush windows and ranks exactly as observe's sums do. On sample steps the
+`TokenProbe` state for the stream with the fold `observe` uses (`token_sums.
+accumulate_rows`), so they pool across flush windows and ranks exactly as observe's
+sums do; one fold per batch rather than one per chunk (see RowRecorder). On sample steps the
 top-5 of the sample rows is read from the chunk that holds them, before the pass
 overwrites it with the gradient, and the rows go to the run's SampleTaker. Nothing is
 read back to the host.
@@ -51,18 +53,26 @@ class Teacher:
 
 
 class RowRecorder:
-    """The row pass that keeps each row's statistics in N-length device buffers."""
+    """The row pass that keeps each row's statistics in N-length device buffers.
+
+    Each chunk is one `row_stats` call (the row-statistics core): ce for the loss, the
+    statistics, and the gradient written over the chunk. Its fields are copied into the
+    buffers (one multi-tensor copy); the caller folds them into the run once, after the
+    last chunk, instead of twenty small kernels per chunk.
+    """
 
     def __init__(self, n: int, device: Any, *, ignore_index: int, logit_softcap: float | None,
                  teacher: Teacher | None = None, sample_rows: int = 0) -> None:
         import torch
 
+        self.n = n
         self.ignore_index = ignore_index
         self.logit_softcap = logit_softcap
         self.teacher = teacher
         f32 = dict(dtype=torch.float32, device=device)
         self.fields: dict[str, Any] = {
             "valid": torch.zeros(n, dtype=torch.bool, device=device),
+            "finite": torch.zeros(n, dtype=torch.bool, device=device),
             "argmax": torch.zeros(n, dtype=torch.int64, device=device),
             "conf": torch.zeros(n, **f32), "label_prob": torch.zeros(n, **f32),
             "ce": torch.zeros(n, **f32), "entropy": torch.zeros(n, **f32),
@@ -79,7 +89,9 @@ class RowRecorder:
             self.top_logits = torch.zeros(sample_rows, SAMPLE_TOP_K, **f32)
 
     def __call__(self, logits: Any, labels: Any, first_row: int, grad: bool) -> Any:
-        from trainspect.kernels.linear_ce_rows import rows_with_grad
+        import torch
+
+        from trainspect.kernels.token_stats import row_stats
 
         stop = first_row + logits.shape[0]
         if first_row < self.sample_rows and self.sample_error is None:
@@ -87,11 +99,11 @@ class RowRecorder:
         teacher = None
         if self.teacher is not None:
             teacher = self.teacher.rows(first_row, stop, logits.dtype)
-        stats = rows_with_grad(logits, labels, ignore_index=self.ignore_index,
-                               logit_softcap=self.logit_softcap, grad=grad,
-                               target_logits=teacher)
-        for name, buffer in self.fields.items():
-            buffer[first_row:stop] = getattr(stats, name)
+        stats = row_stats(logits, labels, target_logits=teacher, ignore_index=self.ignore_index,
+                          logit_softcap=self.logit_softcap, grad_out=logits if grad else None)
+        names = list(self.fields)
+        torch._foreach_copy_([self.fields[k][first_row:stop] for k in names],
+                             [getattr(stats, k) for k in names])
         return stats.ce
 
     def _top_k(self, rows: Any, first_row: int) -> None:
@@ -287,15 +299,14 @@ class RunStats:
 
         run = self.run
         try:
-            from trainspect.probes.tokens import TokenProbe
+            from trainspect.kernels.token_sums import accumulate_rows
+            from trainspect.probes.tokens import token_probe
 
-            probe = run.probe("tokens")
-            if probe is None:
-                probe = run.add_probe(TokenProbe())
+            probe = token_probe(run)
             state = probe._state(self.stream, None, 1, self.vocab, self.labels.device)
-            with torch.no_grad():
-                probe._accumulate(state, self.recorder.row_stats(), self.labels, None, 1,
-                                  self.ignore_index)
+            with torch.no_grad():  # the fold `observe` and `observe_rows` use, once per batch
+                accumulate_rows(probe._tensors(state), self.recorder.row_stats(), self.labels,
+                                None, 1, self.ignore_index, self.vocab)
         except Exception as err:
             run.probe_failed("tokens", "linear_cross_entropy", err)
             return
