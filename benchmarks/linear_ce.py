@@ -3,6 +3,7 @@
     python benchmarks/linear_ce.py                  # the GPU table (needs CUDA)
     python benchmarks/linear_ce.py --device cpu     # the chunked path's peak memory on CPU
     python benchmarks/linear_ce.py --quick          # two small sizes, few repeats
+    python benchmarks/linear_ce.py --sweep          # the row pass's Triton configs first
 
 GPU: stock `lm_head` + `F.cross_entropy` (the logits built, upcast to fp32 as
 transformers does), Liger-Kernel's fused linear cross-entropy, Apple's Cut
@@ -130,7 +131,7 @@ def accuracy(methods: dict, n=2048, hdim=4096, v=152064) -> dict:
         h.grad = w.grad = None
         loss = fn(h, w, y)
         loss.backward()
-        errs = [abs(float(loss) - float(ref)) / abs(float(ref))]
+        errs = [abs(float(loss.detach()) - float(ref.detach())) / abs(float(ref.detach()))]
         for got, want in ((h.grad, h64.grad), (w.grad, w64.grad)):
             errs.append(float((got.double() - want).norm() / want.norm()))
         out[name] = errs
@@ -139,7 +140,12 @@ def accuracy(methods: dict, n=2048, hdim=4096, v=152064) -> dict:
 
 
 def sync_free(root: str) -> str:
-    """Ours with a run, across a flush window and a sample step, under the debug mode."""
+    """Ours with a run, across flush windows and sample steps, under the debug mode; a
+    probe switched off by a sync is a failure too (its traceback goes to the log)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)  # a handler for the tracebacks
+    logging.getLogger("trainspect").setLevel(logging.DEBUG)
     h, w, y = inputs(4096, 1024, 32000, seed=2)
     y2 = y.view(4, 1024)
     with ts.init(project="sync", dir=root, log_every=2, samples_every=3) as run:
@@ -153,7 +159,36 @@ def sync_free(root: str) -> str:
             return f"FAILED: {err}"
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return "0 host syncs in 6 steps (2 flush windows, 2 sample steps)"
+            logging.getLogger("trainspect").setLevel(logging.WARNING)
+    view = ts.open(root).run(run.id)
+    failed = [a["message"] for a in view.alerts() if a["rule"] == "probe_failed"]
+    if failed or not view.series("text/acc") or not view.samples():
+        return f"FAILED: probes switched off {failed}, acc {view.series('text/acc')}"
+    return "0 host syncs in 6 steps (3 flush windows, 2 sample steps; statistics recorded)"
+
+
+SWEEP = [(512, 2), (2048, 4), (4096, 8), (8192, 16), (4096, 16)]
+
+
+def sweep(repeats: int) -> dict:
+    """Ours (no run) per Triton launch config of the chunk's row pass; returns the best."""
+    from trainspect.kernels import linear_ce
+
+    totals = {}
+    print("| N | V | block_v, warps | fwd+bwd ms |\n|---|---|---|---|")
+    for n, hdim, v in SIZES[:2]:
+        h, w, y = inputs(n, hdim, v)
+        for block, warps in SWEEP:
+            linear_ce.CHUNK_CONFIG = {"block_v": block, "num_warps": warps}
+            ms, _ = time_and_memory(ours, h, w, y, repeats)
+            totals[(block, warps)] = totals.get((block, warps), 0.0) + ms
+            print(f"| {n} | {v} | {block}, {warps} | {ms:.1f} |", flush=True)
+        del h, w, y
+        torch.cuda.empty_cache()
+    best = min(totals, key=totals.get)
+    linear_ce.CHUNK_CONFIG = {"block_v": best[0], "num_warps": best[1]}
+    print(f"row-pass config for the table: block_v={best[0]}, num_warps={best[1]}", flush=True)
+    return linear_ce.CHUNK_CONFIG
 
 
 def gpu(args) -> None:
@@ -165,14 +200,16 @@ def gpu(args) -> None:
             missing[name] = why
         else:
             methods[name] = fn
-    with_run = WithRun(root)
-    methods.update(ours=ours, ours_run=with_run)
+    methods.update(ours=ours, ours_run=None)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     print("missing:", missing or "none", flush=True)
+    print("sync check:", sync_free(root), flush=True)
+    config = sweep(args.repeats) if args.sweep else None
     rows = []
     for n, hdim, v in (QUICK_SIZES if args.quick else SIZES):
         row = {"N": n, "H": hdim, "V": v}
         h, w, y = inputs(n, hdim, v)
+        methods["ours_run"] = with_run = WithRun(root)  # a run per size: one vocabulary
         for name, fn in methods.items():
             try:
                 ms, peak = time_and_memory(fn, h, w, y, args.repeats)
@@ -181,10 +218,10 @@ def gpu(args) -> None:
                 row[name] = None
                 torch.cuda.empty_cache()
             print(n, hdim, v, name, row[name], flush=True)
+        with_run.run.finish()
         del h, w, y
         torch.cuda.empty_cache()
         rows.append(row)
-    with_run.run.finish()
     print("\n| N | V | method | fwd+bwd ms | peak extra GiB |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -206,9 +243,9 @@ def gpu(args) -> None:
     print("\nrelative error vs float64 at N=2048, H=4096, V=152064 (loss, grad_h, grad_w):")
     for name, errs in acc.items():
         print(f"  {name}: " + ", ".join(f"{e:.2e}" for e in errs))
-    print("sync check:", sync_free(root))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "accuracy": acc}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "accuracy": acc,
+                                               "config": config}, indent=1))
 
 
 # ---- CPU: peak resident memory ---------------------------------------------------------------
@@ -274,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument("--sweep", action="store_true",
+                        help="first time the row pass's Triton configs; the table uses the best")
     args = parser.parse_args(argv)
     if args.device == "cpu":
         cpu(args)

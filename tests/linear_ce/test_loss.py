@@ -141,10 +141,13 @@ def test_bad_arguments_raise_one_error_naming_the_argument():
 
 
 def test_chunk_rows_bound_the_logits_buffer():
-    # the default: Liger's bound (N x H elements), at least 128 rows, at most 256 MiB
-    assert chunk_rows(8192, 152064, 4096, 2) == 192  # 64 MiB / (152064 x 2 B), down to x64
+    # the default: Liger's bound (N x H elements), at least 256 rows (CUDA), at most 256 MiB
+    assert chunk_rows(8192, 152064, 4096, 2) == 256  # 64 MiB / (152064 x 2 B) = 220: floor 256
     assert chunk_rows(32768, 256000, 4096, 2) * 256000 * 2 <= 256 * 2**20
     assert chunk_rows(100, 256000, 4096, 2) == 100
+    assert chunk_rows(8192, 152064, 4096, 2, device_type="cpu") == 192  # 64 MiB: floor 128
+    assert chunk_rows(4096, 32000, 512, 4, device_type="cpu") == 256  # 32 MiB floor
+    assert chunk_rows(32768, 152064, 4096, 2) == 832  # 256 MiB / (152064 x 2 B), down to x64
     assert chunk_rows(10**6, 10**6, 64, 4, max_chunk_bytes=10 * 4 * 10**6) == 10
     assert chunk_rows(10**6, 10**6, 64, 4, max_chunk_bytes=1) == 1
     with pytest.raises(ValueError, match="max_chunk_bytes"):

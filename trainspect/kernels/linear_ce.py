@@ -29,14 +29,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .token_stats import row_stats
+from .token_stats import resolve_backend, row_stats, valid_rows
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "REDUCTIONS", "RowPass", "chunk_rows", "fused_linear_ce",
-           "plain_row_pass"]
+__all__ = ["CHUNK_CONFIG", "DEFAULT_CHUNK_BYTES", "REDUCTIONS", "RowPass", "chunk_row_stats",
+           "chunk_rows", "fused_linear_ce", "plain_row_pass"]
 
 REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # the (C, V) logits buffer; see `chunk_rows`
-MIN_CHUNK_ROWS = 128  # below this the matmuls and the row pass stop filling a large GPU
+# Floors of the default chunk: on CUDA, fewer rows stop filling a large GPU (matmuls and
+# the row pass); elsewhere the smaller floor keeps the peak memory low.
+MIN_CHUNK = {"cuda": (64 * 2**20, 256), "other": (32 * 2**20, 128)}  # (bytes, rows)
+CHUNK_CONFIG: dict = {"block_v": 4096, "num_warps": 8}
+"""Triton launch of the row pass on a chunk. token_stats' default (512 elements, 2 warps
+a row) is tuned for a whole batch of rows; a chunk has a few hundred, so each row gets
+more warps. benchmarks/linear_ce.py --sweep times the alternatives."""
 
 RowPass = Callable[[Tensor, Tensor, int, bool], Tensor]
 """row_pass(logits (C, V), labels (C,), first_row, grad) -> ce (C,) float32.
@@ -46,27 +52,45 @@ that are not supervised). ``first_row`` is the chunk's offset in the whole batch
 """
 
 
+def chunk_row_stats(logits: Tensor, labels: Tensor, *, ignore_index: int = -100,
+                    logit_softcap: float | None = None, grad: bool = False,
+                    target_logits: Tensor | None = None):
+    """``row_stats(logits, labels, grad_out=logits if grad)`` of one chunk, with the Triton
+    launch of ``CHUNK_CONFIG`` on CUDA (the statistics and gradient are the same)."""
+    if resolve_backend("auto", logits.device) != "triton":
+        return row_stats(logits, labels, target_logits=target_logits, ignore_index=ignore_index,
+                         logit_softcap=logit_softcap, grad_out=logits if grad else None)
+    from .token_stats_triton import TritonConfig, row_stats_triton
+
+    valid, safe = valid_rows(labels, logits.shape[1], ignore_index)
+    return row_stats_triton(logits, safe, valid, target_logits=target_logits,
+                            grad_out=logits if grad else None,
+                            logit_softcap=None if logit_softcap is None else float(logit_softcap),
+                            config=TritonConfig(**CHUNK_CONFIG))
+
+
 def plain_row_pass(ignore_index: int = -100, logit_softcap: float | None = None) -> RowPass:
     """The row pass with no bookkeeping: cross-entropy, and the gradient when asked."""
 
     def row_pass(logits: Tensor, labels: Tensor, first_row: int, grad: bool) -> Tensor:
-        return row_stats(logits, labels, ignore_index=ignore_index, logit_softcap=logit_softcap,
-                         grad_out=logits if grad else None).ce
+        return chunk_row_stats(logits, labels, ignore_index=ignore_index,
+                               logit_softcap=logit_softcap, grad=grad).ce
 
     return row_pass
 
 
 def chunk_rows(n_rows: int, vocab_size: int, hidden_size: int, itemsize: int,
-               max_chunk_bytes: int | None = None) -> int:
+               max_chunk_bytes: int | None = None, device_type: str = "cuda") -> int:
     """Rows per chunk: the (C, V) logits buffer stays within ``max_chunk_bytes``.
 
     Default: the larger of the hidden states' own size (N x H x itemsize, Liger's bound)
-    and 32 MiB, capped at 256 MiB, and never fewer than 128 rows unless N is smaller
-    (a 128 x 256000 bf16 chunk is 62.5 MiB). Rounded down to a multiple of 64 rows.
+    and 64 MiB (32 MiB off CUDA), capped at 256 MiB, and never fewer than 256 rows (128
+    off CUDA) unless N is smaller: a 256 x 256000 bf16 chunk is 125 MiB. Rounded down
+    to a multiple of 64 rows.
     """
     if max_chunk_bytes is None:
-        budget = min(DEFAULT_CHUNK_BYTES, max(32 * 2**20, n_rows * hidden_size * itemsize))
-        floor = MIN_CHUNK_ROWS
+        least_bytes, floor = MIN_CHUNK["cuda" if device_type == "cuda" else "other"]
+        budget = min(DEFAULT_CHUNK_BYTES, max(least_bytes, n_rows * hidden_size * itemsize))
     else:
         if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int) or (
                 max_chunk_bytes <= 0):
@@ -253,7 +277,7 @@ def fused_linear_ce(hidden: Tensor, weight: Tensor, labels: Tensor, *,
     needs = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
              grad_on and bias is not None and bias.requires_grad)
     rows = chunk_rows(hidden.shape[0], weight.shape[0], hidden.shape[1],
-                      torch.finfo(dtype).bits // 8, max_chunk_bytes)
+                      torch.finfo(dtype).bits // 8, max_chunk_bytes, hidden.device.type)
     plain = plain_row_pass(ignore_index, logit_softcap)
     with torch.autocast(hidden.device.type, enabled=False):
         h, w = hidden.to(dtype), weight.to(dtype)

@@ -55,7 +55,7 @@ class Teacher:
 class RowRecorder:
     """The row pass that keeps each row's statistics in N-length device buffers.
 
-    Each chunk is one `row_stats` call (the row-statistics core): ce for the loss, the
+    Each chunk is one `row_stats` pass (the row-statistics core): ce for the loss, the
     statistics, and the gradient written over the chunk. Its fields are copied into the
     buffers (one multi-tensor copy); the caller folds them into the run once, after the
     last chunk, instead of twenty small kernels per chunk.
@@ -91,7 +91,7 @@ class RowRecorder:
     def __call__(self, logits: Any, labels: Any, first_row: int, grad: bool) -> Any:
         import torch
 
-        from trainspect.kernels.token_stats import row_stats
+        from trainspect.kernels.linear_ce import chunk_row_stats
 
         stop = first_row + logits.shape[0]
         if first_row < self.sample_rows and self.sample_error is None:
@@ -99,8 +99,9 @@ class RowRecorder:
         teacher = None
         if self.teacher is not None:
             teacher = self.teacher.rows(first_row, stop, logits.dtype)
-        stats = row_stats(logits, labels, target_logits=teacher, ignore_index=self.ignore_index,
-                          logit_softcap=self.logit_softcap, grad_out=logits if grad else None)
+        stats = chunk_row_stats(logits, labels, target_logits=teacher,
+                                ignore_index=self.ignore_index,
+                                logit_softcap=self.logit_softcap, grad=grad)
         names = list(self.fields)
         torch._foreach_copy_([self.fields[k][first_row:stop] for k in names],
                              [getattr(stats, k) for k in names])
