@@ -173,3 +173,12 @@ def test_no_n_by_v_tensor_is_ever_allocated():
             loss.sum().backward()
         largest = max(e.self_cpu_memory_usage for e in prof.events())
         assert 0.5 * bound <= largest <= max(bound, v * h * 4), (reduction, largest)
+
+
+def test_the_export_is_lazy_importing_trainspect_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, trainspect as ts; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert callable(ts.linear_cross_entropy)")
+    subprocess.run([sys.executable, "-c", code], check=True)
