@@ -28,6 +28,10 @@ from typing import Any
 from trainspect.errors import TrainspectError
 
 SAMPLE_TOP_K = 5  # as probes/samples.py's TOP_K
+OPTIONS = frozenset((
+    "bias", "ignore_index", "reduction", "logit_softcap", "run", "step", "stream",
+    "target_hidden", "target_weight", "target_bias", "target_logits", "input_ids",
+    "attention_mask", "token_names", "max_chunk_bytes"))  # linear_cross_entropy's keywords
 
 
 @dataclass
@@ -169,6 +173,9 @@ def linear_cross_entropy_rows(
 
     from trainspect.kernels.linear_ce import fused_linear_ce
 
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise TypeError(f"linear_cross_entropy got unexpected arguments {sorted(unknown)}")
     run, reduction = options.get("run"), options.get("reduction", "mean")
     ignore_index = options.get("ignore_index", -100)
     cap = options.get("logit_softcap")
