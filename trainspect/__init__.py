@@ -28,14 +28,19 @@ __all__ = [
     "TrainspectError",
     "__version__",
     "init",
+    "linear_cross_entropy",
     "open",
 ]
 
 
 def __getattr__(name: str):
-    """`ts.FixedEval` without importing the eval package (or torch) until it is used."""
+    """`ts.FixedEval` and `ts.linear_cross_entropy` without importing torch until used."""
     if name == "FixedEval":
         from trainspect.eval.dataset import FixedEval
 
         return FixedEval
+    if name == "linear_cross_entropy":
+        from trainspect.probes.linear_ce import linear_cross_entropy
+
+        return linear_cross_entropy
     raise AttributeError(f"module 'trainspect' has no attribute {name!r}")
