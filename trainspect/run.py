@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import sqlite3
 import time
 from collections import deque
@@ -75,8 +76,12 @@ class Run:
         alert_rules: Any = None,
         webhook: str | None = None,
         exporters: Sequence[Any] = (),
+        store: str | None = None,
     ) -> None:
         check_name(project, "project")
+        from trainspect.store.server.connect import store_url
+
+        url = store_url(store)  # a team store to stream to, else $TRAINSPECT_STORE, else None
         for argument, value in (("log_every", log_every), ("samples_every", samples_every),
                                 ("num_samples", num_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
@@ -116,9 +121,9 @@ class Run:
         self._ranks = RankSync()  # rank 0 writes; the flush pools every rank's probe state
         self._exporters: list[Any] = []
 
-        attempt, started_at, previous = 1, now, {}
+        attempt, started_at, previous, spool = 1, now, {}, {}
         if resume is not None and self._ranks.writes:
-            self.path, previous = self._find_resumed(resume)
+            self.path, previous = self._find_resumed(resume, url)
             self.id = self.path.stem
             attempt = int(previous.get("attempt", 1)) + 1
             started_at = float(previous.get("started_at", now))
@@ -127,6 +132,8 @@ class Run:
         else:
             self.id = new_run_id(now)
             self.path = run_path(self.root, project, self.id)
+        if not self.path.exists():  # a new spool file: name it among the run's spools
+            spool = {"spool_id": secrets.token_hex(8), "first_attempt": attempt}
         self.name = name or self.id
         from trainspect.alerts import engine_for_run
 
@@ -144,21 +151,35 @@ class Run:
             status="running", started_at=started_at, attempt=attempt,
             attempt_started_at=now, ended_at=None, log_every=log_every,
             alert_rules=[rule.id for rule in self.alerts.rules],
-            **describe_process(),
+            **spool, **describe_process(),
         )
+        self.sync = None  # the team store's live sync (`store=`), on the writing rank
+        if url and self._ranks.writes and self._writer.alive:
+            from trainspect.store.server.attach import start_sync
+
+            self.sync = start_sync(self, url)
         lifecycle.register(self)
 
     # ---- opening the store ---------------------------------------------------------------
 
-    def _find_resumed(self, resume: str) -> tuple[Path, dict[str, Any]]:
+    def _find_resumed(self, resume: str, url: str | None) -> tuple[Path, dict[str, Any]]:
         from trainspect.store.reader import Reader
 
+        server = None
+        if url:  # the team store knows attempts made on other machines
+            from trainspect.store.server.attach import server_meta
+
+            server = server_meta(url, self.project, resume)
         try:
             view = Reader(self.root).run(f"{self.project}/{resume}")
         except TrainspectError as err:
+            if server is not None:  # resumed on another machine: a new local spool
+                return run_path(self.root, self.project, str(server["id"])), server
             raise TrainspectError(f"cannot resume: `resume`={resume!r}: {err}") from err
         meta = dict(view.meta)
         view.close()
+        if server is not None:
+            meta["attempt"] = max(int(meta.get("attempt", 1)), int(server.get("attempt", 1)))
         return view.path, meta
 
     def _open_writer(self, attempt: int) -> Any:
@@ -564,6 +585,8 @@ class Run:
                                   internal_errors=dict(self.errors), **meta)
             self._finished = True
             self._writer.close()
+            if self.sync is not None:
+                self.sync.close()  # the rest to the team store, for a bounded time
             self.alerts.close(timeout=2.0)  # give the webhook the last alerts
             from trainspect.integrations.exporters import close_all
 

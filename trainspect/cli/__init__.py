@@ -7,17 +7,17 @@ import sys
 
 from trainspect.errors import TrainspectError
 
-COMMANDS = ("ls", "show", "doctor", "export", "demo", "ui", "report")
+COMMANDS = ("ls", "show", "doctor", "export", "demo", "ui", "report", "sync")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainspect.cli import demo, doctor, export, ls, report, show, ui
+    from trainspect.cli import demo, doctor, export, ls, report, show, sync, ui
 
     parser = argparse.ArgumentParser(
         prog="trainspect", description="See what a model is really learning while it trains."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, ls, show, doctor, export, ui, report):
+    for module in (demo, ls, show, doctor, export, ui, report, sync):
         module.add_parser(sub)
     return parser
 

@@ -1,0 +1,157 @@
+"""`ts.open("postgresql://...")`: the team store's runs, with the directory reader's API.
+
+`runs()` lists runs newest first in three queries however many there are (their
+rows, their headline values, the alerts of those that have any), and can search
+by project, name, tag, status and config values on the server's indexes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from trainspect.errors import TrainspectError
+from trainspect.store.reader import STALE_HEARTBEAT_S
+from trainspect.store.server import queries
+from trainspect.store.server.pool import Pool
+from trainspect.store.server.view import ServerRunView, _alert
+from trainspect.summary import HEADLINE_KEYS
+
+STATUSES = ("running", "finished", "failed", "crashed")
+
+
+class ServerReader:
+    """All runs in one team store (`ts.open(url)`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pool = Pool(url)
+        self.where = self.pool.where
+        self.headline_keys = frozenset(HEADLINE_KEYS)
+
+    def __repr__(self) -> str:
+        return f"ServerReader({self.where!r})"
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> ServerReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def projects(self) -> list[str]:
+        return [r[0] for r in self.pool.run(lambda conn: conn.execute(
+            "SELECT DISTINCT project COLLATE \"C\" FROM trainspect.runs ORDER BY 1").fetchall())]
+
+    def run_row(self, run_uid: int) -> dict[str, Any] | None:
+        rows = self._rows(f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs "
+                          "WHERE run_uid = %s", (run_uid,))
+        return rows[0] if rows else None
+
+    def _rows(self, sql: str, args: Any) -> list[dict[str, Any]]:
+        def read(conn: Any) -> list[dict[str, Any]]:
+            cur = conn.execute(sql, args)
+            names = [c.name for c in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+        return self.pool.run(read)
+
+    def runs(self, project: str | None = None, *, name: str | None = None,
+             tag: str | None = None, status: str | None = None,
+             config: dict[str, Any] | None = None, limit: int | None = None
+             ) -> list[ServerRunView]:
+        """Runs newest first, optionally only those matching every filter given.
+
+        `name` matches a prefix of the name, case-insensitively; `tag` one of the
+        run's tags (meta `tags`); `status` running/finished/failed/crashed;
+        `config` every key = value given (JSON equality, e.g. {"lr": 0.001}).
+        """
+        where, args = ["TRUE"], []
+        if project is not None:
+            where.append("project = %s")
+            args.append(project)
+        if name:
+            where.append("lower(name) LIKE %s")
+            args.append(_like_prefix(name.lower()))
+        if tag:
+            where.append("tags @> ARRAY[%s]::text[]")
+            args.append(tag)
+        if status is not None:
+            where.append(_status_filter(status))
+            args.extend([] if status in ("finished", "failed") else [time.time()
+                                                                     - STALE_HEARTBEAT_S])
+        if config:
+            from psycopg.types.json import Jsonb
+
+            where.append("config @> %s")
+            args.append(Jsonb(dict(config)))
+        sql = (f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs WHERE {' AND '.join(where)} "
+               "ORDER BY started_at DESC NULLS LAST, run_id DESC")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._views(self._rows(sql, args))
+
+    def _views(self, rows: list[dict[str, Any]]) -> list[ServerRunView]:
+        """Views of `rows`, each handed its headline values and alerts read in bulk."""
+        uids = [r["run_uid"] for r in rows]
+        with_alerts = [r["run_uid"] for r in rows if r["alert_count"]]
+
+        def read(conn: Any) -> tuple[list, list]:
+            headline = conn.execute(
+                "SELECT run_uid, name, vlast FROM trainspect.keys WHERE name = ANY(%s) "
+                "AND run_uid = ANY(%s) AND step_max IS NOT NULL",
+                (sorted(self.headline_keys), uids)).fetchall() if uids else []
+            alerts = conn.execute(
+                f"SELECT t.run_uid, {queries.ALERT_COLUMNS} FROM trainspect.alerts t "
+                "JOIN trainspect.spools sp ON sp.spool_uid = t.spool_uid "
+                f"WHERE t.run_uid = ANY(%s) ORDER BY t.run_uid, {queries.SPOOL_ORDER}",
+                (with_alerts,)).fetchall() if with_alerts else []
+            return headline, alerts
+
+        headline_rows, alert_rows = self.pool.run(read)
+        headline: dict[int, dict[str, float]] = {uid: {} for uid in uids}
+        for uid, name, value in headline_rows:
+            headline[uid][name] = float("nan") if value is None else value
+        alerts: dict[int, list[dict]] = {uid: [] for uid in uids}
+        for uid, *row in alert_rows:
+            alerts[uid].append(_alert(tuple(row)))
+        return [ServerRunView(self, row, headline[row["run_uid"]], alerts[row["run_uid"]])
+                for row in rows]
+
+    def run(self, ref: str) -> ServerRunView:
+        """The run `ref`: `project/run_id`, a run id, a unique prefix of one, or a run name."""
+        project, _, wanted = str(ref).rpartition("/")
+        if not wanted:
+            raise TrainspectError(f"no run {ref!r} in {self.where}")
+        scope, args = ("project = %s AND ", [project]) if project else ("", [])
+        for condition, value in (("run_id = %s", wanted),
+                                 ("run_id LIKE %s", _like_prefix(wanted)),
+                                 ("name = %s", wanted)):
+            rows = self._rows(f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs "
+                              f"WHERE {scope}{condition} ORDER BY project, run_id LIMIT 6",
+                              (*args, value))
+            if len(rows) == 1:
+                return self._views(rows)[0]
+            if len(rows) > 1:
+                names = ", ".join(f"{r['project']}/{r['run_id']}" for r in rows[:5])
+                raise TrainspectError(f"run {ref!r} is ambiguous in {self.where}: {names}")
+        raise TrainspectError(f"no run {ref!r} in {self.where}")
+
+
+def _like_prefix(text: str) -> str:
+    return re.sub(r"([\\%_])", r"\\\1", text) + "%"
+
+
+def _status_filter(status: str) -> str:
+    """SQL for a status as `derive_status` sees it (crashed: running, heartbeat stale)."""
+    if status not in STATUSES:
+        raise TrainspectError(f"expected `status` to be one of {STATUSES}, got {status!r}")
+    if status in ("finished", "failed"):
+        return f"status = '{status}'"
+    beat = "COALESCE(heartbeat_at, started_at, 0)"
+    if status == "running":
+        return f"status = 'running' AND {beat} >= %s"
+    return f"status = 'running' AND {beat} < %s"
