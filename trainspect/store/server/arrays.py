@@ -100,46 +100,42 @@ def register_numpy(conn: Any) -> None:
 class Blocks:
     """One chunk's points cut into blocks of at most `size` consecutive points."""
 
-    starts: np.ndarray  # index of each block's first point
     n: np.ndarray  # points per block
-    step_first: np.ndarray
-    step_last: np.ndarray
+    first: np.ndarray  # each block's first step (in write order)
     stride: np.ndarray  # >0: steps evenly spaced by it (not stored); 0: stored
-    vmin: list[float | None]  # NaN-ignoring; None when the block is all NaN
-    vmax: list[float | None]
+    summary: tuple[I8Array, I8Array, F8Array, F8Array]  # first, last, min, max per block
     steps: list[I8Array | None]
     vals: list[F8Array]
-    times: list[F8Array]
 
 
-def split_blocks(steps: np.ndarray, vals: np.ndarray, times: np.ndarray,
-                 size: int) -> Blocks:
-    """Cut one chunk (in write order) into blocks, each with its min, max and step range."""
+def split_blocks(steps: np.ndarray, vals: np.ndarray, size: int) -> Blocks:
+    """Cut one chunk (in write order) into blocks, each with its step range, min and max.
+
+    Min and max ignore NaN; a block of nothing but NaN has NaN for both.
+    """
     n = steps.size
     starts = np.arange(0, n, size)
     ends = np.minimum(starts + size, n)
     counts = ends - starts
-    finite_min = np.where(np.isnan(vals), np.inf, vals)
-    finite_max = np.where(np.isnan(vals), -np.inf, vals)
-    mins = np.minimum.reduceat(finite_min, starts) if n else np.empty(0)
-    maxs = np.maximum.reduceat(finite_max, starts) if n else np.empty(0)
-    all_nan = np.logical_and.reduceat(np.isnan(vals), starts) if n else np.empty(0, bool)
+    nan = np.isnan(vals)
+    with np.errstate(invalid="ignore"):
+        mins = np.minimum.reduceat(np.where(nan, np.inf, vals), starts)
+        maxs = np.maximum.reduceat(np.where(nan, -np.inf, vals), starts)
+    all_nan = np.logical_and.reduceat(nan, starts)
+    mins[all_nan] = np.nan
+    maxs[all_nan] = np.nan
     first, last = steps[starts], steps[ends - 1]
     even = _evenly_spaced(steps, starts, ends)
     stride = np.where(even, np.where(counts > 1, (last - first) // np.maximum(counts - 1, 1), 1),
                       0)
     step_elems = _elements(steps, _I8_ELEMENTS)
     val_elems = _elements(vals, _F8_ELEMENTS)
-    time_elems = _elements(times, _F8_ELEMENTS)
-    out_steps, out_vals, out_times = [], [], []
+    out_steps, out_vals = [], []
     for i0, i1, is_even in zip(starts.tolist(), ends.tolist(), even.tolist()):
         out_steps.append(None if is_even else I8Array(_pack(step_elems[i0:i1], INT8_OID)))
         out_vals.append(F8Array(_pack(val_elems[i0:i1], FLOAT8_OID)))
-        out_times.append(F8Array(_pack(time_elems[i0:i1], FLOAT8_OID)))
-    vmin = [None if a else float(m) for m, a in zip(mins.tolist(), all_nan.tolist())]
-    vmax = [None if a else float(m) for m, a in zip(maxs.tolist(), all_nan.tolist())]
-    return Blocks(starts, counts, first, last, stride, vmin, vmax, out_steps, out_vals,
-                  out_times)
+    summary = (i8_array(first), i8_array(last), f8_array(mins), f8_array(maxs))
+    return Blocks(counts, first, stride, summary, out_steps, out_vals)
 
 
 def _evenly_spaced(steps: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -23,12 +23,13 @@ from trainspect.store.server.spool import ChunkRow
 _RUN_COLUMNS = ("name", "status", "started_at", "ended_at", "heartbeat_at", "attempt", "host",
                 "pid", "tags", "config", "config_text", "meta")
 _BLOCK_COLUMNS = ("key_uid", "attempt", "spool_uid", "seq", "block", "run_uid", "n",
-                  "step_first", "step_last", "stride", "vmin", "vmax", "steps", "vals", "times")
-_BLOCK_TYPES = ["int8", "int4", "int8", "int8", "int4", "int8", "int4", "int8", "int8", "int8",
-                "float8", "float8", "int8[]", "float8[]", "float8[]"]
+                  "step_first", "stride", "steps", "vals")
+_BLOCK_TYPES = ["int8", "int4", "int8", "int8", "int4", "int8", "int4", "int8", "int8",
+                "int8[]", "float8[]"]
 _CHUNK_COLUMNS = ("spool_uid", "seq", "key_uid", "attempt", "level", "n", "step_min",
-                  "step_max")
-_CHUNK_TYPES = ["int8", "int8", "int8", "int4", "int4", "int4", "int8", "int8"]
+                  "step_max", "block_first", "block_last", "block_min", "block_max", "times")
+_CHUNK_TYPES = ["int8", "int8", "int8", "int4", "int4", "int4", "int8", "int8", "int8[]",
+                "int8[]", "float8[]", "float8[]", "bytea"]
 
 
 @dataclass
@@ -123,29 +124,26 @@ def copy_chunks(conn: Any, run_uid: int, spool_uid: int,
     """Insert chunks (key_uid, local chunk row) and their points as blocks; returns points."""
     if not chunks:
         return 0
-    points = 0
+    blocks = []
+    for _, c in chunks:
+        steps = decode_steps(c.steps, c.n, c.step_min, c.step_max)
+        blocks.append(split_blocks(steps, np.frombuffer(c.vals, "<f8"), BLOCK_POINTS))
     with conn.cursor() as cur:
         with cur.copy(f"COPY trainspect.chunks ({', '.join(_CHUNK_COLUMNS)}) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_CHUNK_TYPES)
-            for key_uid, c in chunks:
+            for (key_uid, c), b in zip(chunks, blocks):
                 copy.write_row((spool_uid, c.seq, key_uid, c.attempt, c.level, c.n, c.step_min,
-                                c.step_max))
+                                c.step_max, *b.summary, c.times))
         with cur.copy(f"COPY trainspect.blocks ({', '.join(_BLOCK_COLUMNS)}) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_BLOCK_TYPES)
-            for key_uid, c in chunks:
-                steps = decode_steps(c.steps, c.n, c.step_min, c.step_max)
-                vals = np.frombuffer(c.vals, "<f8")
-                times = np.frombuffer(c.times, "<f8")
-                b = split_blocks(steps, vals, times, BLOCK_POINTS)
-                for i in range(b.n.size):
-                    copy.write_row((
-                        key_uid, c.attempt, spool_uid, c.seq, i, run_uid, int(b.n[i]),
-                        int(b.step_first[i]), int(b.step_last[i]), int(b.stride[i]),
-                        b.vmin[i], b.vmax[i], b.steps[i], b.vals[i], b.times[i]))
-                points += c.n
-    return points
+            for (key_uid, c), b in zip(chunks, blocks):
+                for i, (n, first, stride) in enumerate(zip(b.n.tolist(), b.first.tolist(),
+                                                           b.stride.tolist())):
+                    copy.write_row((key_uid, c.attempt, spool_uid, c.seq, i, run_uid, n, first,
+                                    stride, b.steps[i], b.vals[i]))
+    return sum(c.n for _, c in chunks)
 
 
 def overlapping_keys(conn: Any, key_uids: list[int]) -> set[int]:

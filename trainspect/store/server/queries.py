@@ -6,10 +6,11 @@ the last bucket), each bucket gives (its first step, min, max) with NaN ignored
 unless the bucket holds nothing else, and with no more points than buckets every
 point comes back as (step, v, v).
 
-It runs as one statement. A metric whose steps were never written twice (the
-usual case, `keys.overlapping` false) needs no deduplication: a block that lies
-inside one bucket contributes its stored min and max, and only the blocks that
-straddle a bucket edge are unpacked into points. A metric with steps written
+It runs as one statement. A metric whose steps simply rise in write order (the
+usual case, `keys.overlapping` false) needs no deduplication: the block
+summaries kept with each chunk give every block's bucket range; a block inside
+one bucket contributes its stored min and max, and only the blocks that
+straddle a bucket edge are read from `blocks` and unpacked into points. A metric with steps written
 twice (a resumed run that went back) unpacks every point and keeps the newest
 write per step, as the local reader does.
 """
@@ -30,27 +31,33 @@ DOWNSAMPLE = f"""
 WITH k AS MATERIALIZED (
     SELECT key_uid, overlapping FROM trainspect.keys WHERE run_uid = %(run)s AND name = %(key)s
 ),
-span AS MATERIALIZED (  -- chunks and blocks hold the same points; chunks are fewer rows
+span AS MATERIALIZED (
     SELECT min(step_min) AS lo, max(step_max) AS hi, sum(n) AS total
     FROM trainspect.chunks WHERE key_uid = (SELECT key_uid FROM k)
 ),
-fast AS (  -- each block: its summary when inside one bucket, else its points
-    SELECT it.g, it.step, it.lo_v, it.hi_v
-    FROM trainspect.blocks b
-    CROSS JOIN span s
-    CROSS JOIN LATERAL (SELECT {_bucket("b.step_first", "s.lo", "s.hi")} AS b0,
-                               {_bucket("b.step_last", "s.lo", "s.hi")} AS b1) e
-    CROSS JOIN LATERAL (
-        SELECT e.b0 AS g, b.step_first AS step, b.vmin AS lo_v, b.vmax AS hi_v
-        WHERE s.total > %(buckets)s AND e.b0 = e.b1
-        UNION ALL
-        SELECT CASE WHEN s.total <= %(buckets)s THEN {_STEP}
-                    ELSE {_bucket(_STEP, "s.lo", "s.hi")} END,
-               {_STEP}, NULLIF(u.v, 'NaN'), NULLIF(u.v, 'NaN')
-        FROM {_UNPACK}
-        WHERE s.total <= %(buckets)s OR e.b0 <> e.b1
-    ) it
-    WHERE b.key_uid = (SELECT key_uid FROM k) AND NOT (SELECT overlapping FROM k)
+summary AS MATERIALIZED (  -- every block of a metric whose steps simply rise: its buckets
+    SELECT c.attempt, c.spool_uid, c.seq, (u.i - 1)::int AS block, u.first, u.lo_v, u.hi_v,
+           {_bucket("u.first", "s.lo", "s.hi")} AS b0, {_bucket("u.last", "s.lo", "s.hi")} AS b1
+    FROM trainspect.chunks c CROSS JOIN span s
+    CROSS JOIN LATERAL unnest(c.block_first, c.block_last, c.block_min, c.block_max)
+        WITH ORDINALITY AS u(first, last, lo_v, hi_v, i)
+    WHERE c.key_uid = (SELECT key_uid FROM k) AND NOT (SELECT overlapping FROM k)
+),
+edges AS MATERIALIZED (  -- blocks across a bucket edge (all, when no more points than buckets)
+    SELECT m.attempt, m.spool_uid, m.seq, m.block FROM summary m CROSS JOIN span s
+    WHERE s.total <= %(buckets)s OR m.b0 <> m.b1
+),
+fast AS (
+    SELECT m.b0 AS g, m.first AS step, NULLIF(m.lo_v, 'NaN') AS lo_v,
+           NULLIF(m.hi_v, 'NaN') AS hi_v
+    FROM summary m CROSS JOIN span s WHERE s.total > %(buckets)s AND m.b0 = m.b1
+    UNION ALL
+    SELECT CASE WHEN s.total <= %(buckets)s THEN {_STEP} ELSE {_bucket(_STEP, "s.lo", "s.hi")}
+           END, {_STEP}, NULLIF(u.v, 'NaN'), NULLIF(u.v, 'NaN')
+    FROM edges m CROSS JOIN span s
+    JOIN trainspect.blocks b ON b.key_uid = (SELECT key_uid FROM k) AND b.attempt = m.attempt
+        AND b.spool_uid = m.spool_uid AND b.seq = m.seq AND b.block = m.block
+    CROSS JOIN LATERAL {_UNPACK}
 ),
 newest AS MATERIALIZED (  -- steps written twice: the newest write of each step
     SELECT DISTINCT ON (1) {_STEP} AS step, u.v

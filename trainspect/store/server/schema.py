@@ -12,10 +12,11 @@ changes that a shared server needs:
   stored twice, and `spools.synced_seq` is the sync's cursor, moved in the same
   transaction as the rows it covers.
 - Scalar chunks are mirrored in `chunks` (one row per local chunk: what the sync
-  has pushed) and their points stored in `blocks` of at most BLOCK_POINTS points,
-  each with its NaN-ignoring min and max. Downsampling a long series then reads
-  one summary per block that lies inside a bucket and unpacks only the few
-  blocks that straddle a bucket edge, all inside one SQL query.
+  has pushed, its wall times, and per block of BLOCK_POINTS points its first and
+  last step and NaN-ignoring min and max); the points themselves are in `blocks`.
+  Downsampling a long series reads the chunks' block summaries, uses a block's
+  min and max where it lies inside one bucket, and unpacks only the few blocks
+  that straddle a bucket edge, all inside one SQL query.
 - `ord`, one sequence shared by every table, is the live readers' cursor (a
   server-wide `seq`): rows of one run are committed in `ord` order because every
   sync of a run holds the run's row lock while it writes.
@@ -28,7 +29,7 @@ from typing import Any
 from trainspect.errors import TrainspectError
 
 SCHEMA = "trainspect"
-BLOCK_POINTS = 32  # points per block: ~sqrt(points / buckets) for 1M points, 2,000 buckets
+BLOCK_POINTS = 64  # a block inside a bucket is one row; one across an edge is read point by point
 _MIGRATION_LOCK = 0x7472_6173_7063  # pg_advisory_lock key: one migrator at a time
 
 # Each entry upgrades the store from version i to i + 1, in one transaction.
@@ -96,6 +97,11 @@ MIGRATIONS: list[list[str]] = [
             n int NOT NULL,
             step_min bigint NOT NULL,
             step_max bigint NOT NULL,
+            block_first bigint[] NOT NULL,
+            block_last bigint[] NOT NULL,
+            block_min float8[] NOT NULL,
+            block_max float8[] NOT NULL,
+            times bytea NOT NULL,
             PRIMARY KEY (spool_uid, seq))""",
         "CREATE INDEX chunks_key ON trainspect.chunks (key_uid, spool_uid, seq)",
         """CREATE TABLE trainspect.blocks (
@@ -108,13 +114,9 @@ MIGRATIONS: list[list[str]] = [
             ord bigint NOT NULL DEFAULT nextval('trainspect.ord'),
             n int NOT NULL,
             step_first bigint NOT NULL,
-            step_last bigint NOT NULL,
             stride bigint NOT NULL,
-            vmin float8,
-            vmax float8,
             steps bigint[],
             vals float8[] NOT NULL,
-            times float8[] NOT NULL,
             PRIMARY KEY (key_uid, attempt, spool_uid, seq, block))""",
         "CREATE INDEX blocks_ord ON trainspect.blocks (run_uid, ord)",
         """CREATE TABLE trainspect.samples (
@@ -192,8 +194,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX eval_examples_ord ON trainspect.eval_examples (run_uid, ord)",
         # Point arrays are incompressible floats: keep them out of pglz's way.
         "ALTER TABLE trainspect.blocks ALTER COLUMN vals SET STORAGE MAIN",
-        "ALTER TABLE trainspect.blocks ALTER COLUMN times SET STORAGE MAIN",
         "ALTER TABLE trainspect.blocks ALTER COLUMN steps SET STORAGE MAIN",
+        "ALTER TABLE trainspect.chunks ALTER COLUMN times SET STORAGE EXTERNAL",
         # Deleting a run: the tables without foreign keys (kept off the hot insert path).
         """CREATE FUNCTION trainspect.delete_run(p_project text, p_run_id text)
             RETURNS boolean LANGUAGE plpgsql AS $$
