@@ -33,14 +33,14 @@ class LiveSync:
     """Pushes one run's spool to one store until closed; never raises into its caller."""
 
     def __init__(self, path: Path, url: str, *, emit: Callable[[Alert], None] | None = None,
-                 step: Callable[[], int] = lambda: 0, interval_s: float = INTERVAL_S,
-                 lag_alert_s: float = LAG_ALERT_S, max_backoff_s: float = MAX_BACKOFF_S) -> None:
+                 step: Callable[[], int] = lambda: 0, interval_s: float | None = None,
+                 lag_alert_s: float | None = None, max_backoff_s: float | None = None) -> None:
         self.path = Path(path)
         self.url = url
         self.where = redact(url)
-        self.interval_s = interval_s
-        self.lag_alert_s = lag_alert_s
-        self.max_backoff_s = max_backoff_s
+        self.interval_s = INTERVAL_S if interval_s is None else interval_s
+        self.lag_alert_s = LAG_ALERT_S if lag_alert_s is None else lag_alert_s
+        self.max_backoff_s = MAX_BACKOFF_S if max_backoff_s is None else max_backoff_s
         self._emit = emit
         self._step = step
         self._syncer = SpoolSync(self.path, url, purpose="live")
@@ -83,8 +83,9 @@ class LiveSync:
                 self._progress.wait(min(left, 0.2))
         return True
 
-    def close(self, timeout: float = FINAL_SYNC_S) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Send what is left (for at most `timeout` s), then stop; True if all was sent."""
+        timeout = FINAL_SYNC_S if timeout is None else timeout
         self._deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()

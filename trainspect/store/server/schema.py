@@ -61,11 +61,12 @@ MIGRATIONS: list[list[str]] = [
             updated_at timestamptz NOT NULL DEFAULT now(),
             UNIQUE (project, run_id))""",
         # The run list (newest first, all or one project) and the searches.
-        "CREATE INDEX runs_started ON trainspect.runs (started_at DESC, run_id DESC)",
-        "CREATE INDEX runs_project ON trainspect.runs (project, started_at DESC)",
+        "CREATE INDEX runs_started ON trainspect.runs (started_at DESC NULLS LAST, run_id DESC)",
+        "CREATE INDEX runs_project ON trainspect.runs "
+        "(project, started_at DESC NULLS LAST, run_id DESC)",
         "CREATE INDEX runs_id_prefix ON trainspect.runs (run_id text_pattern_ops)",
         "CREATE INDEX runs_name ON trainspect.runs (lower(name) text_pattern_ops)",
-        "CREATE INDEX runs_status ON trainspect.runs (status, started_at DESC)",
+        "CREATE INDEX runs_status ON trainspect.runs (status, started_at DESC NULLS LAST)",
         "CREATE INDEX runs_tags ON trainspect.runs USING gin (tags)",
         "CREATE INDEX runs_config ON trainspect.runs USING gin (config jsonb_path_ops)",
         """CREATE TABLE trainspect.spools (

@@ -95,9 +95,9 @@ def newest_seq(conn: sqlite3.Connection) -> int:
     return local_schema.max_seq(conn)
 
 
-def batch_end(conn: sqlite3.Connection, cursor: int, newest: int,
-              max_points: int = MAX_BATCH_POINTS, max_chunks: int = MAX_BATCH_CHUNKS) -> int:
+def batch_end(conn: sqlite3.Connection, cursor: int, newest: int) -> int:
     """The seq to push up to this round: everything, or where the points budget runs out."""
+    max_points, max_chunks = MAX_BATCH_POINTS, MAX_BATCH_CHUNKS
     points, previous = 0, cursor
     rows = conn.execute("SELECT seq, n FROM scalar_chunks WHERE seq > ? ORDER BY seq", (cursor,))
     for count, (seq, n) in enumerate(rows, 1):
