@@ -584,9 +584,11 @@ class Run:
                                   rejected_values=self.rejected_values,
                                   internal_errors=dict(self.errors), **meta)
             self._finished = True
+            if self.sync is not None:  # the rest to the team store, for a bounded time
+                self.sync.drain(self._writer)
             self._writer.close()
             if self.sync is not None:
-                self.sync.close()  # the rest to the team store, for a bounded time
+                self.sync.close()
             self.alerts.close(timeout=2.0)  # give the webhook the last alerts
             from trainspect.integrations.exporters import close_all
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from trainspect.records import Alert
 from trainspect.store.server.connect import describe_error, redact
@@ -27,6 +28,7 @@ INTERVAL_S = 1.0  # a push per second while the run writes
 MAX_BACKOFF_S = 30.0  # the longest pause between attempts while the server is unreachable
 LAG_ALERT_S = 60.0  # behind this long: alert once (and clear it on catching up)
 FINAL_SYNC_S = 15.0  # what `finish()` gives the sync to send the rest
+LAST_TRY_S = 2.0  # after a drain that timed out: one more short try when closing
 
 
 class LiveSync:
@@ -55,6 +57,7 @@ class LiveSync:
         self._progress = threading.Condition()
         self._stop = threading.Event()
         self._deadline: float | None = None
+        self._drained: bool | None = None
         self._thread = threading.Thread(target=self._loop, name="trainspect-sync", daemon=True)
         self._thread.start()
 
@@ -83,9 +86,22 @@ class LiveSync:
                 self._progress.wait(min(left, 0.2))
         return True
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Send what is left (for at most `timeout` s), then stop; True if all was sent."""
+    def drain(self, writer: Any, timeout: float | None = None) -> bool:
+        """At the run's end, before its writer closes: commit, then send, for at most
+        `timeout` s; alerts raised meanwhile (caught up) still reach the spool."""
         timeout = FINAL_SYNC_S if timeout is None else timeout
+        started = time.monotonic()
+        writer.flush(timeout)
+        self._drained = self.wait(max(0.0, timeout - (time.monotonic() - started)))
+        return self._drained
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Send what is left (for at most `timeout` s), then stop; True if all was sent.
+
+        After a `drain` that timed out (the server is away), only a short last try.
+        """
+        if timeout is None:
+            timeout = FINAL_SYNC_S if self._drained is not False else LAST_TRY_S
         self._deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
