@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainspect.errors import TrainspectError
@@ -25,12 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=None,
                         help="runs directory (default: $TRAINSPECT_DIR, else ./trainspect-runs)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="a team store, postgresql://user@host:port/db, instead of --dir")
+
+
+def use_store(args: argparse.Namespace) -> None:
+    """`--store URL`: readers open the team store (`Reader(url)`), runs stream to it."""
+    store = getattr(args, "store", None)
+    if store:
+        from trainspect.store.server.connect import ENV_STORE, store_url
+
+        args.dir = store_url(store)
+        os.environ[ENV_STORE] = args.dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        use_store(args)
         return int(args.handler(args) or 0)
     except TrainspectError as err:
         print(f"trainspect: {err}", file=sys.stderr)

@@ -61,18 +61,22 @@ class ServerReader:
 
     def runs(self, project: str | None = None, *, name: str | None = None,
              tag: str | None = None, status: str | None = None,
-             config: dict[str, Any] | None = None, limit: int | None = None
-             ) -> list[ServerRunView]:
+             config: dict[str, Any] | None = None, run_id: str | None = None,
+             limit: int | None = None) -> list[ServerRunView]:
         """Runs newest first, optionally only those matching every filter given.
 
         `name` matches a prefix of the name, case-insensitively; `tag` one of the
         run's tags (meta `tags`); `status` running/finished/failed/crashed;
-        `config` every key = value given (JSON equality, e.g. {"lr": 0.001}).
+        `config` every key = value given (JSON equality, e.g. {"lr": 0.001});
+        `run_id` exactly that id.
         """
         where, args = ["TRUE"], []
         if project is not None:
             where.append("project = %s")
             args.append(project)
+        if run_id is not None:
+            where.append("run_id = %s")
+            args.append(run_id)
         if name:
             where.append("lower(name) LIKE %s")
             args.append(_like_prefix(name.lower()))
