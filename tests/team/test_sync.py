@@ -265,8 +265,9 @@ def test_the_run_list_and_one_series_stay_on_indexes_as_tables_grow(tmp_path, pg
                      "FROM trainspect.runs WHERE project = 'bulk'")
         conn.execute(
             "INSERT INTO trainspect.blocks (key_uid, attempt, spool_uid, seq, block, run_uid, n,"
-            " step_first, stride, vals) SELECT k.key_uid, 1, 0, s, 0, k.run_uid, 1, s, 1,"
-            " ARRAY[1.0] FROM trainspect.keys k, generate_series(1, 10) s WHERE k.name = 'k'")
+            " step_first, stride, vals, sub_min, sub_max) SELECT k.key_uid, 1, 0, s, 0, "
+            "k.run_uid, 1, s, 1, ARRAY[1.0], ARRAY[1.0], ARRAY[1.0] FROM trainspect.keys k, "
+            "generate_series(1, 10) s WHERE k.name = 'k'")
         conn.execute("ANALYZE")
         uid = conn.execute("SELECT run_uid FROM trainspect.runs WHERE run_id = %s",
                            (run.id,)).fetchone()[0]
@@ -288,3 +289,30 @@ def test_the_run_list_and_one_series_stay_on_indexes_as_tables_grow(tmp_path, pg
         lookup = plan("SELECT run_uid FROM trainspect.runs WHERE project = %s AND run_id = %s",
                       ("p", run.id))
         assert "Index" in lookup and "Seq Scan" not in lookup
+
+
+@pytest.mark.parametrize("spacing", ["even", "uneven"])
+def test_server_downsampling_matches_a_plain_loop_on_a_long_series(tmp_path, pg_url, spacing):
+    """Long enough for whole blocks, whole sub-blocks and edges, with NaN runs and inf."""
+    from tests.contract.test_reader_contract import reference_buckets, same
+
+    rng = np.random.default_rng(7)
+    n = 40_000
+    steps = (np.arange(n) * 3 if spacing == "even" else np.cumsum(rng.integers(1, 5, n)))
+    vals = rng.standard_normal(n)
+    vals[640:704] = np.nan  # a whole block of NaN (blocks are 64 points from the start)
+    vals[1000:1013] = np.nan  # a sub-block and a half
+    vals[20_000] = np.inf
+    vals[30_001] = -np.inf
+    with ts.init(project="p", dir=tmp_path, store=pg_url, alerts=False) as run:
+        for i, (s, v) in enumerate(zip(steps.tolist(), vals.tolist())):
+            run.log({"v": v}, step=s)
+            if i % 7_000 == 0:
+                run.flush()
+    view = ts.open(pg_url).run(run.id)
+    for buckets in (1, 13, 100, 997, 2_000, 39_999):
+        got = view.series("v", buckets=buckets)
+        want = reference_buckets(steps.tolist(), vals.tolist(), buckets)
+        assert len(got) == len(want), buckets
+        assert all(g[0] == w[0] and same(g[1], w[1]) and same(g[2], w[2])
+                   for g, w in zip(got, want)), buckets

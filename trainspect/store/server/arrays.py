@@ -106,36 +106,47 @@ class Blocks:
     summary: tuple[I8Array, I8Array, F8Array, F8Array]  # first, last, min, max per block
     steps: list[I8Array | None]
     vals: list[F8Array]
+    sub_min: list[F8Array]  # per block, the min and max of each sub-block
+    sub_max: list[F8Array]
 
 
-def split_blocks(steps: np.ndarray, vals: np.ndarray, size: int) -> Blocks:
-    """Cut one chunk (in write order) into blocks, each with its step range, min and max.
+def min_max(vals: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of each run of `vals` beginning at `starts`, ignoring NaN (NaN if all are)."""
+    nan = np.isnan(vals)
+    mins = np.minimum.reduceat(np.where(nan, np.inf, vals), starts)
+    maxs = np.maximum.reduceat(np.where(nan, -np.inf, vals), starts)
+    all_nan = np.logical_and.reduceat(nan, starts)
+    mins[all_nan] = np.nan
+    maxs[all_nan] = np.nan
+    return mins, maxs
 
-    Min and max ignore NaN; a block of nothing but NaN has NaN for both.
-    """
+
+def split_blocks(steps: np.ndarray, vals: np.ndarray, size: int, sub: int) -> Blocks:
+    """Cut one chunk (in write order) into blocks of `size` points, each with its step
+    range, min and max, and the min and max of its sub-blocks of `sub` points."""
     n = steps.size
     starts = np.arange(0, n, size)
     ends = np.minimum(starts + size, n)
     counts = ends - starts
-    nan = np.isnan(vals)
-    with np.errstate(invalid="ignore"):
-        mins = np.minimum.reduceat(np.where(nan, np.inf, vals), starts)
-        maxs = np.maximum.reduceat(np.where(nan, -np.inf, vals), starts)
-    all_nan = np.logical_and.reduceat(nan, starts)
-    mins[all_nan] = np.nan
-    maxs[all_nan] = np.nan
+    mins, maxs = min_max(vals, starts)
+    sub_mins, sub_maxs = min_max(vals, np.arange(0, n, sub))
+    sub_min_elems = _elements(sub_mins, _F8_ELEMENTS)
+    sub_max_elems = _elements(sub_maxs, _F8_ELEMENTS)
     first, last = steps[starts], steps[ends - 1]
     even = _evenly_spaced(steps, starts, ends)
     stride = np.where(even, np.where(counts > 1, (last - first) // np.maximum(counts - 1, 1), 1),
                       0)
     step_elems = _elements(steps, _I8_ELEMENTS)
     val_elems = _elements(vals, _F8_ELEMENTS)
-    out_steps, out_vals = [], []
+    out_steps, out_vals, out_sub_min, out_sub_max = [], [], [], []
     for i0, i1, is_even in zip(starts.tolist(), ends.tolist(), even.tolist()):
         out_steps.append(None if is_even else I8Array(_pack(step_elems[i0:i1], INT8_OID)))
         out_vals.append(F8Array(_pack(val_elems[i0:i1], FLOAT8_OID)))
+        s0, s1 = i0 // sub, -(-i1 // sub)
+        out_sub_min.append(F8Array(_pack(sub_min_elems[s0:s1], FLOAT8_OID)))
+        out_sub_max.append(F8Array(_pack(sub_max_elems[s0:s1], FLOAT8_OID)))
     summary = (i8_array(first), i8_array(last), f8_array(mins), f8_array(maxs))
-    return Blocks(counts, first, stride, summary, out_steps, out_vals)
+    return Blocks(counts, first, stride, summary, out_steps, out_vals, out_sub_min, out_sub_max)
 
 
 def _evenly_spaced(steps: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -17,15 +17,15 @@ import numpy as np
 
 from trainspect.store.chunks import decode_steps
 from trainspect.store.server.arrays import split_blocks
-from trainspect.store.server.schema import BLOCK_POINTS
+from trainspect.store.server.schema import BLOCK_POINTS, SUB_POINTS
 from trainspect.store.server.spool import ChunkRow
 
 _RUN_COLUMNS = ("name", "status", "started_at", "ended_at", "heartbeat_at", "attempt", "host",
                 "pid", "tags", "config", "config_text", "meta")
 _BLOCK_COLUMNS = ("key_uid", "attempt", "spool_uid", "seq", "block", "run_uid", "n",
-                  "step_first", "stride", "steps", "vals")
+                  "step_first", "stride", "steps", "vals", "sub_min", "sub_max")
 _BLOCK_TYPES = ["int8", "int4", "int8", "int8", "int4", "int8", "int4", "int8", "int8",
-                "int8[]", "float8[]"]
+                "int8[]", "float8[]", "float8[]", "float8[]"]
 _CHUNK_COLUMNS = ("spool_uid", "seq", "key_uid", "attempt", "level", "n", "step_min",
                   "step_max", "block_first", "block_last", "block_min", "block_max", "times")
 _CHUNK_TYPES = ["int8", "int8", "int8", "int4", "int4", "int4", "int8", "int8", "int8[]",
@@ -127,7 +127,8 @@ def copy_chunks(conn: Any, run_uid: int, spool_uid: int,
     blocks = []
     for _, c in chunks:
         steps = decode_steps(c.steps, c.n, c.step_min, c.step_max)
-        blocks.append(split_blocks(steps, np.frombuffer(c.vals, "<f8"), BLOCK_POINTS))
+        blocks.append(split_blocks(steps, np.frombuffer(c.vals, "<f8"), BLOCK_POINTS,
+                                   SUB_POINTS))
     with conn.cursor() as cur:
         with cur.copy(f"COPY trainspect.chunks ({', '.join(_CHUNK_COLUMNS)}) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
@@ -142,7 +143,7 @@ def copy_chunks(conn: Any, run_uid: int, spool_uid: int,
                 for i, (n, first, stride) in enumerate(zip(b.n.tolist(), b.first.tolist(),
                                                            b.stride.tolist())):
                     copy.write_row((key_uid, c.attempt, spool_uid, c.seq, i, run_uid, n, first,
-                                    stride, b.steps[i], b.vals[i]))
+                                    stride, b.steps[i], b.vals[i], b.sub_min[i], b.sub_max[i]))
     return sum(c.n for _, c in chunks)
 
 

@@ -9,17 +9,26 @@ point comes back as (step, v, v).
 It runs as one statement. A metric whose steps simply rise in write order (the
 usual case, `keys.overlapping` false) needs no deduplication: the block
 summaries kept with each chunk give every block's bucket range; a block inside
-one bucket contributes its stored min and max, and only the blocks that
-straddle a bucket edge are read from `blocks` and unpacked into points. A metric with steps written
+one bucket contributes its stored min and max; a block across a bucket edge is
+read from `blocks` and contributes its sub-blocks' min and max, and only the
+sub-blocks across the edge are unpacked into points. A metric with steps written
 twice (a resumed run that went back) unpacks every point and keeps the newest
 write per step, as the local reader does.
 """
 
 from __future__ import annotations
 
+from trainspect.store.server.schema import SUB_POINTS
+
 # Every point of a block `b` as u(s, v, i); its step is the stored one or first + i * stride.
 _UNPACK = "unnest(b.steps, b.vals) WITH ORDINALITY AS u(s, v, i)"
 _STEP = "COALESCE(u.s, b.step_first + (u.i - 1) * b.stride)"
+
+
+SUB = SUB_POINTS
+# Block `b` is the one `m` names (m: a row of `summary`, `edges` or `subs`).
+_SAME_BLOCK = ("b.key_uid = (SELECT key_uid FROM k) AND b.attempt = m.attempt "
+               "AND b.spool_uid = m.spool_uid AND b.seq = m.seq AND b.block = m.block")
 
 
 def _bucket(step: str, lo: str, hi: str) -> str:
@@ -37,27 +46,44 @@ span AS MATERIALIZED (
 ),
 summary AS MATERIALIZED (  -- every block of a metric whose steps simply rise: its buckets
     SELECT c.attempt, c.spool_uid, c.seq, (u.i - 1)::int AS block, u.first, u.lo_v, u.hi_v,
-           {_bucket("u.first", "s.lo", "s.hi")} AS b0, {_bucket("u.last", "s.lo", "s.hi")} AS b1
+           e.b0, s.total <= %(buckets)s OR e.b0 <> e.b1 AS edge
     FROM trainspect.chunks c CROSS JOIN span s
     CROSS JOIN LATERAL unnest(c.block_first, c.block_last, c.block_min, c.block_max)
         WITH ORDINALITY AS u(first, last, lo_v, hi_v, i)
+    CROSS JOIN LATERAL (SELECT {_bucket("u.first", "s.lo", "s.hi")} AS b0,
+                               {_bucket("u.last", "s.lo", "s.hi")} AS b1) e
     WHERE c.key_uid = (SELECT key_uid FROM k) AND NOT (SELECT overlapping FROM k)
 ),
-edges AS MATERIALIZED (  -- blocks across a bucket edge (all, when no more points than buckets)
-    SELECT m.attempt, m.spool_uid, m.seq, m.block FROM summary m CROSS JOIN span s
-    WHERE s.total <= %(buckets)s OR m.b0 <> m.b1
+subs AS MATERIALIZED (  -- sub-blocks of the blocks across an edge: step range and buckets
+    SELECT b.attempt, b.spool_uid, b.seq, b.block, sb.j, sb.lo_v, sb.hi_v, st.first, e.c0,
+           s.total <= %(buckets)s OR e.c0 <> e.c1 AS edge
+    FROM (SELECT * FROM summary WHERE edge) m CROSS JOIN span s
+    JOIN trainspect.blocks b ON {_SAME_BLOCK}
+    CROSS JOIN LATERAL unnest(b.sub_min, b.sub_max) WITH ORDINALITY AS sb(lo_v, hi_v, j)
+    CROSS JOIN LATERAL (SELECT
+        COALESCE(b.steps[(sb.j - 1) * {SUB} + 1], b.step_first + (sb.j - 1) * {SUB} * b.stride)
+            AS first,
+        COALESCE(b.steps[least(sb.j * {SUB}, b.n)],
+                 b.step_first + (least(sb.j * {SUB}, b.n) - 1) * b.stride) AS last) st
+    CROSS JOIN LATERAL (SELECT {_bucket("st.first", "s.lo", "s.hi")} AS c0,
+                               {_bucket("st.last", "s.lo", "s.hi")} AS c1) e
 ),
 fast AS (
-    SELECT m.b0 AS g, m.first AS step, NULLIF(m.lo_v, 'NaN') AS lo_v,
-           NULLIF(m.hi_v, 'NaN') AS hi_v
-    FROM summary m CROSS JOIN span s WHERE s.total > %(buckets)s AND m.b0 = m.b1
+    SELECT b0 AS g, first AS step, NULLIF(lo_v, 'NaN') AS lo_v, NULLIF(hi_v, 'NaN') AS hi_v
+    FROM summary WHERE NOT edge
     UNION ALL
-    SELECT CASE WHEN s.total <= %(buckets)s THEN {_STEP} ELSE {_bucket(_STEP, "s.lo", "s.hi")}
-           END, {_STEP}, NULLIF(u.v, 'NaN'), NULLIF(u.v, 'NaN')
-    FROM edges m CROSS JOIN span s
-    JOIN trainspect.blocks b ON b.key_uid = (SELECT key_uid FROM k) AND b.attempt = m.attempt
-        AND b.spool_uid = m.spool_uid AND b.seq = m.seq AND b.block = m.block
-    CROSS JOIN LATERAL {_UNPACK}
+    SELECT c0, first, NULLIF(lo_v, 'NaN'), NULLIF(hi_v, 'NaN') FROM subs WHERE NOT edge
+    UNION ALL  -- sub-blocks across an edge, point by point
+    SELECT CASE WHEN s.total <= %(buckets)s THEN p.step
+                ELSE {_bucket("p.step", "s.lo", "s.hi")} END,
+           p.step, NULLIF(p.v, 'NaN'), NULLIF(p.v, 'NaN')
+    FROM (SELECT * FROM subs WHERE edge) m
+    JOIN trainspect.blocks b ON {_SAME_BLOCK}
+    CROSS JOIN span s
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(x.s, b.step_first + ((m.j - 1) * {SUB} + x.i - 1) * b.stride) AS step, x.v
+        FROM unnest(b.steps[(m.j - 1) * {SUB} + 1:m.j * {SUB}],
+                    b.vals[(m.j - 1) * {SUB} + 1:m.j * {SUB}]) WITH ORDINALITY AS x(s, v, i)) p
 ),
 newest AS MATERIALIZED (  -- steps written twice: the newest write of each step
     SELECT DISTINCT ON (1) {_STEP} AS step, u.v

@@ -13,10 +13,12 @@ changes that a shared server needs:
   transaction as the rows it covers.
 - Scalar chunks are mirrored in `chunks` (one row per local chunk: what the sync
   has pushed, its wall times, and per block of BLOCK_POINTS points its first and
-  last step and NaN-ignoring min and max); the points themselves are in `blocks`.
-  Downsampling a long series reads the chunks' block summaries, uses a block's
-  min and max where it lies inside one bucket, and unpacks only the few blocks
-  that straddle a bucket edge, all inside one SQL query.
+  last step and NaN-ignoring min and max); the points themselves are in `blocks`,
+  each with the min and max of its sub-blocks of SUB_POINTS points. Downsampling
+  a long series reads the chunks' block summaries, uses a block's min and max
+  where it lies inside one bucket, opens a block across a bucket edge into its
+  sub-blocks' summaries and unpacks only the sub-blocks across the edge, all in
+  one SQL query.
 - `ord`, one sequence shared by every table, is the live readers' cursor (a
   server-wide `seq`): rows of one run are committed in `ord` order because every
   sync of a run holds the run's row lock while it writes.
@@ -29,7 +31,10 @@ from typing import Any
 from trainspect.errors import TrainspectError
 
 SCHEMA = "trainspect"
-BLOCK_POINTS = 64  # a block inside a bucket is one row; one across an edge is read point by point
+# Downsampling reads a block inside one bucket as one summary; a block across a bucket
+# edge as its sub-blocks' summaries, and only a sub-block across the edge point by point.
+BLOCK_POINTS = 64
+SUB_POINTS = 8  # BLOCK_POINTS is a multiple of it
 _MIGRATION_LOCK = 0x7472_6173_7063  # pg_advisory_lock key: one migrator at a time
 
 # Each entry upgrades the store from version i to i + 1, in one transaction.
@@ -118,6 +123,8 @@ MIGRATIONS: list[list[str]] = [
             stride bigint NOT NULL,
             steps bigint[],
             vals float8[] NOT NULL,
+            sub_min float8[] NOT NULL,
+            sub_max float8[] NOT NULL,
             PRIMARY KEY (key_uid, attempt, spool_uid, seq, block))""",
         "CREATE INDEX blocks_ord ON trainspect.blocks (run_uid, ord)",
         """CREATE TABLE trainspect.samples (

@@ -173,7 +173,8 @@ class ServerRunView:
         rows = self._blocks(key)
         if not rows:
             return np.empty(0, np.int64), np.empty(0, np.float64)
-        steps = np.concatenate([_block_steps(r[1], r[3], r[4], r[5]) for r in rows])
+        steps = block_steps([r[1] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
+                            [r[5] for r in rows])
         vals = np.concatenate([r[2] for r in rows])
         if not rows[0][6]:  # no step written twice: write order is step order
             return steps, vals
@@ -367,6 +368,19 @@ def _block_steps(steps: np.ndarray | None, n: int, first: int, stride: int) -> n
     if steps is not None:
         return steps
     return np.arange(n, dtype=np.int64) * stride + first
+
+
+def block_steps(stored: list, n: list[int], first: list[int], stride: list[int]) -> np.ndarray:
+    """The steps of consecutive blocks: first + i * stride, or the block's stored steps."""
+    counts = np.asarray(n, np.int64)
+    starts = np.cumsum(counts) - counts
+    index = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+    steps = np.repeat(np.asarray(first, np.int64), counts) + index * np.repeat(
+        np.asarray(stride, np.int64), counts)
+    for i, given in enumerate(stored):
+        if given is not None:
+            steps[starts[i]:starts[i] + counts[i]] = given
+    return steps
 
 
 def newest_per_step(steps: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
