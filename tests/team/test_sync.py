@@ -316,3 +316,36 @@ def test_server_downsampling_matches_a_plain_loop_on_a_long_series(tmp_path, pg_
         assert len(got) == len(want), buckets
         assert all(g[0] == w[0] and same(g[1], w[1]) and same(g[2], w[2])
                    for g, w in zip(got, want)), buckets
+
+
+def test_roles_from_docs_team_md_a_writer_syncs_and_a_reader_only_reads(tmp_path, pg_url):
+    """The grants docs/team.md gives: the admin creates the schema, a writer role syncs
+    without DDL rights, a reader role reads (the dashboard's role) and cannot write."""
+    import psycopg
+
+    db = pg_url.rsplit("/", 1)[1]
+    w, r = f"w_{db}", f"r_{db}"  # roles are per cluster: names of this test's own
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {w} LOGIN")
+        conn.execute(f"CREATE ROLE {r} LOGIN")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{db}" TO {w}, {r}')
+    with ts.init(project="p", dir=tmp_path, store=pg_url, alerts=False) as first:  # admin
+        first.log({"x": 1.0}, step=1)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"GRANT USAGE ON SCHEMA trainspect TO {w}, {r}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA trainspect TO {r}")
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA trainspect "
+                     f"TO {w}")
+        conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA trainspect TO {w}")
+    base = pg_url.split("://", 1)[1].split("@", 1)[1]
+    writer, reader = f"postgresql://{w}@{base}", f"postgresql://{r}@{base}"
+    with ts.init(project="p", dir=tmp_path, store=writer, alerts=False) as run:
+        for step in range(100):
+            run.log({"x": step * 0.5}, step=step)
+    assert run.sync.wait(1) and ts.open(reader).run(run.id).series("x")[-1] == (99, 49.5)
+    with ts.init(project="p", dir=tmp_path, alerts=False) as local_only:
+        local_only.log({"x": 2.0}, step=1)
+    assert main(["sync", str(tmp_path), "--to", reader]) == 1  # refused, named, not a crash
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with psycopg.connect(reader) as conn:
+            conn.execute("DELETE FROM trainspect.runs")
