@@ -136,15 +136,20 @@ def split_blocks(steps: np.ndarray, vals: np.ndarray, size: int, sub: int) -> Bl
     even = _evenly_spaced(steps, starts, ends)
     stride = np.where(even, np.where(counts > 1, (last - first) // np.maximum(counts - 1, 1), 1),
                       0)
-    step_elems = _elements(steps, _I8_ELEMENTS)
-    val_elems = _elements(vals, _F8_ELEMENTS)
+    # Each block's arrays are byte slices of four buffers built once (12 bytes an element).
+    step_bytes = None if even.all() else _elements(steps, _I8_ELEMENTS).tobytes()
+    val_bytes = _elements(vals, _F8_ELEMENTS).tobytes()
+    sub_min_bytes, sub_max_bytes = sub_min_elems.tobytes(), sub_max_elems.tobytes()
     out_steps, out_vals, out_sub_min, out_sub_max = [], [], [], []
     for i0, i1, is_even in zip(starts.tolist(), ends.tolist(), even.tolist()):
-        out_steps.append(None if is_even else I8Array(_pack(step_elems[i0:i1], INT8_OID)))
-        out_vals.append(F8Array(_pack(val_elems[i0:i1], FLOAT8_OID)))
+        head = _HEADER.pack(1, 0, FLOAT8_OID, i1 - i0, 1)
+        out_steps.append(None if is_even else I8Array(
+            _HEADER.pack(1, 0, INT8_OID, i1 - i0, 1) + step_bytes[12 * i0:12 * i1]))
+        out_vals.append(F8Array(head + val_bytes[12 * i0:12 * i1]))
         s0, s1 = i0 // sub, -(-i1 // sub)
-        out_sub_min.append(F8Array(_pack(sub_min_elems[s0:s1], FLOAT8_OID)))
-        out_sub_max.append(F8Array(_pack(sub_max_elems[s0:s1], FLOAT8_OID)))
+        sub_head = _HEADER.pack(1, 0, FLOAT8_OID, s1 - s0, 1)
+        out_sub_min.append(F8Array(sub_head + sub_min_bytes[12 * s0:12 * s1]))
+        out_sub_max.append(F8Array(sub_head + sub_max_bytes[12 * s0:12 * s1]))
     summary = (i8_array(first), i8_array(last), f8_array(mins), f8_array(maxs))
     return Blocks(counts, first, stride, summary, out_steps, out_vals, out_sub_min, out_sub_max)
 
