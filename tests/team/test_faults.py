@@ -28,6 +28,7 @@ def quick_sync(monkeypatch):
     monkeypatch.setattr(live, "MAX_BACKOFF_S", 0.3)
     monkeypatch.setattr(live, "LAG_ALERT_S", 1.0)
     monkeypatch.setattr(live, "INTERVAL_S", 0.2)
+    monkeypatch.setattr(live, "FINAL_SYNC_S", 5.0)
 
 
 def expected(n: int) -> dict[str, list[tuple[int, float]]]:
@@ -213,3 +214,17 @@ def test_trainer_killed_mid_sync_then_trainspect_sync_sends_the_rest(tmp_path, p
     assert main(["sync", str(tmp_path), "--to", pg_url]) == 0
     assert_complete(pg_url, tmp_path, run_id, n)
     assert ts.open(pg_url).run(run_id).status == "crashed"  # same host, process gone
+
+
+def test_resuming_while_the_server_is_away_resumes_from_the_local_file(tmp_path, caplog,
+                                                                        quick_sync):
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none"  # nothing listens there
+    with ts.init(project="p", dir=tmp_path, alerts=False) as run:
+        run.log({"x": 1.0}, step=1)
+    with ts.init(project="p", dir=tmp_path, store=url, alerts=False, resume=run.id) as again:
+        again.log({"x": 2.0}, step=2)
+    assert "without the team store" in caplog.text
+    view = ts.open(tmp_path).run(run.id)
+    assert view.meta["attempt"] == 2 and view.series("x") == [(1, 1.0), (2, 2.0)]
+    with pytest.raises(ts.TrainspectError, match="cannot resume"):
+        ts.init(project="p", dir=tmp_path / "elsewhere", store=url, resume=run.id)

@@ -33,19 +33,21 @@ def start_sync(run: Any, url: str) -> Any:
 def server_meta(url: str, project: str, ref: str) -> dict[str, Any] | None:
     """The stored meta of run `ref` of `project` in the team store, or None if absent.
 
-    Used to resume on a machine that does not have the run's file: the new local
-    file continues the run's attempts (the server's attempt + 1).
+    Used to resume: on a machine without the run's file, the new local file
+    continues the run's attempts (the server's attempt + 1); with the file, the
+    attempt also counts those made elsewhere. A store that cannot be reached is
+    logged and treated as absent: the run resumes from its local file alone.
     """
     from trainspect.store.server.reader import ServerReader
 
     try:
         reader = ServerReader(url)
     except TrainspectError as err:
-        raise TrainspectError(f"cannot resume {ref!r} from the team store {redact(url)}: "
-                              f"{err}") from err
+        log.warning("trainspect: resuming %s/%s without the team store %s (%s); attempts "
+                    "made on other machines are not counted.", project, ref, redact(url), err)
+        return None
     try:
-        view = reader.run(f"{project}/{ref}")
-        return dict(view.meta)
+        return dict(reader.run(f"{project}/{ref}").meta)
     except TrainspectError:
         return None
     finally:
