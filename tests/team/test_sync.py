@@ -74,10 +74,9 @@ def write_chunks(run, start: int, count: int, per_chunk: int = 5) -> int:
     return step
 
 
-def test_merges_before_and_after_a_push_never_duplicate_or_lose_points(tmp_path, pg_url,
-                                                                      monkeypatch):
-    # Merging by hand (as the writer does) lets the test choose when merges happen.
-    monkeypatch.setattr("trainspect.store.writer.MERGE_FANOUT", 10**9)
+def test_merges_before_and_after_a_push_never_duplicate_or_lose_points(tmp_path, pg_url):
+    # Merging by hand (as the writer does) lets the test choose when merges happen; the
+    # writer itself merges after 16 writes, more than this test makes.
     run = ts.init(project="p", dir=tmp_path, alerts=False)
     syncer = SpoolSync(run.path, pg_url)
     step = write_chunks(run, 0, 6)
@@ -349,3 +348,13 @@ def test_roles_from_docs_team_md_a_writer_syncs_and_a_reader_only_reads(tmp_path
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         with psycopg.connect(reader) as conn:
             conn.execute("DELETE FROM trainspect.runs")
+
+
+def test_a_replaced_run_file_is_refused_not_silently_skipped(tmp_path, pg_url):
+    with ts.init(project="p", dir=tmp_path, alerts=False) as run:
+        write_chunks(run, 0, 5)
+    sync_file(run.path, pg_url)
+    with sqlite3.connect(run.path) as conn:  # a file under the same name, with fewer rows
+        conn.execute("DELETE FROM scalar_chunks WHERE seq > (SELECT min(seq) FROM scalar_chunks)")
+    with pytest.raises(TrainspectError, match="was replaced"):
+        sync_file(run.path, pg_url)

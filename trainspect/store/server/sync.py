@@ -146,6 +146,12 @@ class SpoolSync:
         spool_uid, cursor = push.spool(server, run_uid, token, first_attempt,
                                        socket.gethostname(), str(self.path.resolve()))
         newest = spool.newest_seq(local)
+        if newest < cursor:
+            raise TrainspectError(
+                f"{self.path} holds rows up to seq {newest}, but the team store already has "
+                f"this file's rows up to {cursor}: the file was replaced by another one with "
+                "the same spool_id, whose rows are not sent (give the new file a new "
+                "`spool_id` in its meta)")
         end = spool.batch_end(local, cursor, newest) if newest > cursor else cursor
         chunks = spool.new_chunks(local, cursor, end)
         records = spool.records(local, cursor, end)
