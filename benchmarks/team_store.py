@@ -361,7 +361,8 @@ def main() -> int:
     print(f"machine: {machine()}; PostgreSQL {server_version}; runs {args.runs:,}")
     print(table(ours, theirs))
     if args.out:
-        Path(args.out).write_text(json.dumps({"trainspect": ours, "mlflow": theirs}, indent=2))
+        Path(args.out).write_text(json.dumps({"trainspect": ours, "mlflow": theirs}, indent=2,
+                                             default=float))
     return 0
 
 

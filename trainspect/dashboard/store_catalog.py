@@ -65,7 +65,7 @@ class StoreCatalog:
 
     def runs(self) -> list[ServerRunView]:
         """Every run, newest first, read in bulk; the views are kept for the panels."""
-        views = self.reader.runs()
+        views = self.reader.runs(with_alerts=True)
         for view in views[:MAX_VIEWS]:
             self._keep(f"{view.project}/{view.id}", view)
         return views

@@ -46,29 +46,32 @@ class ServerReader:
         return [r[0] for r in self.pool.run(lambda conn: conn.execute(
             "SELECT DISTINCT project COLLATE \"C\" FROM trainspect.runs ORDER BY 1").fetchall())]
 
-    def run_row(self, run_uid: int) -> dict[str, Any] | None:
+    def run_row(self, run_uid: int) -> Any:
         rows = self._rows(f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs "
                           "WHERE run_uid = %s", (run_uid,))
         return rows[0] if rows else None
 
-    def _rows(self, sql: str, args: Any) -> list[dict[str, Any]]:
-        def read(conn: Any) -> list[dict[str, Any]]:
-            cur = conn.execute(sql, args)
-            names = [c.name for c in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+    def _rows(self, sql: str, args: Any) -> list[Any]:
+        """Rows of the runs table as named tuples (`row.run_id`, ...)."""
+        from psycopg.rows import namedtuple_row
+
+        def read(conn: Any) -> list[Any]:
+            with conn.cursor(row_factory=namedtuple_row) as cur:  # binary: no text parsing
+                return cur.execute(sql, args, binary=True).fetchall()
 
         return self.pool.run(read)
 
     def runs(self, project: str | None = None, *, name: str | None = None,
              tag: str | None = None, status: str | None = None,
              config: dict[str, Any] | None = None, run_id: str | None = None,
-             limit: int | None = None) -> list[ServerRunView]:
+             limit: int | None = None, with_alerts: bool = False) -> list[ServerRunView]:
         """Runs newest first, optionally only those matching every filter given.
 
         `name` matches a prefix of the name, case-insensitively; `tag` one of the
         run's tags (meta `tags`); `status` running/finished/failed/crashed;
         `config` every key = value given (JSON equality, e.g. {"lr": 0.001});
-        `run_id` exactly that id.
+        `run_id` exactly that id. Each view comes with its headline values (and with
+        `with_alerts`, its alerts: the dashboard's list shows their count).
         """
         where, args = ["TRUE"], []
         if project is not None:
@@ -92,37 +95,51 @@ class ServerReader:
 
             where.append("config @> %s")
             args.append(Jsonb(dict(config)))
-        sql = (f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs WHERE {' AND '.join(where)} "
+        condition = " AND ".join(where)
+        sql = (f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs WHERE {condition} "
                "ORDER BY started_at DESC NULLS LAST, run_id DESC")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._views(self._rows(sql, args))
+        rows = self._rows(sql, args)
+        among = (condition, args) if limit is None else None  # else: by the rows' ids
+        return self._views(rows, with_alerts, among)
 
-    def _views(self, rows: list[dict[str, Any]]) -> list[ServerRunView]:
-        """Views of `rows`, each handed its headline values and alerts read in bulk."""
-        uids = [r["run_uid"] for r in rows]
-        with_alerts = [r["run_uid"] for r in rows if r["alert_count"]]
+    def _views(self, rows: list[Any], with_alerts: bool = False,
+               among: tuple[str, list] | None = None) -> list[ServerRunView]:
+        """Views of `rows`, each handed its headline values (and alerts) read in bulk.
+
+        `among` is the rows' WHERE clause and arguments, so that the headline query
+        selects the same runs without sending their ids back.
+        """
+        uids = [r.run_uid for r in rows]
+        alerted = [r.run_uid for r in rows if r.alert_count] if with_alerts else []
+        condition, args = among or ("run_uid = ANY(%s)", [uids])
 
         def read(conn: Any) -> tuple[list, list]:
             headline = conn.execute(
-                "SELECT run_uid, name, vlast FROM trainspect.keys WHERE name = ANY(%s) "
-                "AND run_uid = ANY(%s) AND step_max IS NOT NULL",
-                (sorted(self.headline_keys), uids)).fetchall() if uids else []
+                "SELECT k.run_uid, k.name, k.vlast FROM trainspect.keys k WHERE k.name = ANY(%s)"
+                " AND k.step_max IS NOT NULL AND k.run_uid IN (SELECT run_uid FROM "
+                f"trainspect.runs WHERE {condition})",
+                (sorted(self.headline_keys), *args), binary=True).fetchall() if uids else []
             alerts = conn.execute(
                 f"SELECT t.run_uid, {queries.ALERT_COLUMNS} FROM trainspect.alerts t "
                 "JOIN trainspect.spools sp ON sp.spool_uid = t.spool_uid "
                 f"WHERE t.run_uid = ANY(%s) ORDER BY t.run_uid, {queries.SPOOL_ORDER}",
-                (with_alerts,)).fetchall() if with_alerts else []
+                (alerted,)).fetchall() if alerted else []
             return headline, alerts
 
         headline_rows, alert_rows = self.pool.run(read)
         headline: dict[int, dict[str, float]] = {uid: {} for uid in uids}
         for uid, name, value in headline_rows:
-            headline[uid][name] = float("nan") if value is None else value
-        alerts: dict[int, list[dict]] = {uid: [] for uid in uids}
-        for uid, *row in alert_rows:
-            alerts[uid].append(_alert(tuple(row)))
-        return [ServerRunView(self, row, headline[row["run_uid"]], alerts[row["run_uid"]])
+            if uid in headline:  # not a run created between the two queries
+                headline[uid][name] = float("nan") if value is None else value
+        alerts: dict[int, list[dict]] | None = None
+        if with_alerts:
+            alerts = {uid: [] for uid in uids}
+            for uid, *row in alert_rows:
+                alerts[uid].append(_alert(tuple(row)))
+        return [ServerRunView(self, row, headline[row.run_uid],
+                              None if alerts is None else alerts[row.run_uid], bulk=True)
                 for row in rows]
 
     def run(self, ref: str) -> ServerRunView:
@@ -140,7 +157,7 @@ class ServerReader:
             if len(rows) == 1:
                 return self._views(rows)[0]
             if len(rows) > 1:
-                names = ", ".join(f"{r['project']}/{r['run_id']}" for r in rows[:5])
+                names = ", ".join(f"{r.project}/{r.run_id}" for r in rows[:5])
                 raise TrainspectError(f"run {ref!r} is ambiguous in {self.where}: {names}")
         raise TrainspectError(f"no run {ref!r} in {self.where}")
 

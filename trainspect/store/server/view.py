@@ -1,10 +1,11 @@
 """One run read from the team store, with the same methods as a local `RunView`.
 
 A view holds the run's row (status, times, last step, alert count) as read by
-its reader; `refresh()` re-reads it, at most once per FRESH_S, so a list of
-10,000 runs that is refreshed once per request is not 10,000 queries. Lists
-read in bulk (`ServerReader.runs`) also hand each view its headline values and
-alerts, used while they are fresh.
+its reader; `refresh()` re-reads it unless it was read within FRESH_S. A list
+read in bulk (`ServerReader.runs`) hands each view its row, headline values and
+(for the dashboard) alerts; the first `refresh()` of such a view counts the bulk
+read as its own, so a list of 10,000 runs refreshed once per request is three
+queries, not 10,000.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from trainspect.store.reader import derive_status
 from trainspect.store.server import queries
 
 FRESH_S = 1.0  # a view's row, headline values and alerts are re-read after this long
+BULK_GRACE_S = 60.0  # a bulk read this recent stands in for a view's first refresh()
 
 
 class PartialLatest(Mapping):
@@ -61,15 +63,15 @@ class PartialLatest(Mapping):
 class ServerRunView:
     """One run in the team store (`ServerReader.run(ref)`); cheap to create."""
 
-    def __init__(self, reader: Any, row: dict[str, Any],
-                 headline: dict[str, float] | None = None,
-                 alerts: list[dict] | None = None) -> None:
+    def __init__(self, reader: Any, row: Any, headline: dict[str, float] | None = None,
+                 alerts: list[dict] | None = None, bulk: bool = False) -> None:
         self.reader = reader
         self._set_row(row, headline, alerts)
+        self._bulk = bulk  # read with a list: the first refresh() need not read again
 
-    def _set_row(self, row: dict[str, Any], headline: dict[str, float] | None = None,
+    def _set_row(self, row: Any, headline: dict[str, float] | None = None,
                  alerts: list[dict] | None = None) -> None:
-        self._row = row
+        self._row = row  # a named tuple of queries.RUN_COLUMNS
         self._row_at = time.monotonic()
         self._meta: dict[str, Any] | None = None
         self._config: dict[str, Any] | None = None
@@ -83,19 +85,19 @@ class ServerRunView:
 
     @property
     def run_uid(self) -> int:
-        return int(self._row["run_uid"])
+        return int(self._row.run_uid)
 
     @property
     def project(self) -> str:
-        return str(self._row["project"])
+        return str(self._row.project)
 
     @property
     def id(self) -> str:
-        return str(self._row["run_id"])
+        return str(self._row.run_id)
 
     @property
     def name(self) -> str:
-        return str(self._row["name"] or self.id)
+        return str(self._row.name or self.id)
 
     @property
     def path(self) -> str:
@@ -114,35 +116,36 @@ class ServerRunView:
     @property
     def status(self) -> str:
         r = self._row
-        return derive_status({"status": r["status"], "heartbeat_at": r["heartbeat_at"],
-                              "started_at": r["started_at"], "host": r["host"],
-                              "pid": r["pid"]})
+        return derive_status({"status": r.status, "heartbeat_at": r.heartbeat_at,
+                              "started_at": r.started_at, "host": r.host, "pid": r.pid})
 
     @property
     def config(self) -> dict[str, Any]:
         if self._config is None:
-            raw = self._row.get("config")
-            self._config = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+            self._config = json.loads(self._row.config or "{}")
         return dict(self._config)
 
     @property
     def tags(self) -> list[str]:
-        return list(self._row.get("tags") or [])
+        return list(self._row.tags or [])
 
     @property
     def started_at(self) -> float | None:
-        return self._row["started_at"]
+        return self._row.started_at
 
     @property
     def ended_at(self) -> float | None:
-        return self._row["ended_at"]
+        return self._row.ended_at
 
     def __repr__(self) -> str:
         return f"ServerRunView({self.project}/{self.id}, status={self.status})"
 
     def refresh(self) -> ServerRunView:
         """Re-read the run's row (status, heartbeat, last step), unless read within FRESH_S."""
-        if not self._fresh():
+        if self._bulk and time.monotonic() - self._row_at < BULK_GRACE_S:
+            self._bulk = False  # the list this view came with was the read
+            self._row_at = time.monotonic()
+        elif not self._fresh():
             row = self.reader.run_row(self.run_uid)
             if row is None:
                 raise TrainspectError(f"run {self.project}/{self.id} is no longer in "
@@ -221,7 +224,7 @@ class ServerRunView:
     def last_step(self) -> int | None:
         if not self._fresh():
             self.refresh()
-        value = self._row["last_step"]
+        value = self._row.last_step
         return None if value is None else int(value)
 
     # ---- live following ----------------------------------------------------------------
