@@ -215,18 +215,19 @@ def upsert_eval_set(conn: Any, run_uid: int, rows: list[tuple]) -> None:
 
 
 def update_run(conn: Any, run_uid: int, meta: dict[str, Any] | None, last_step: int | None,
-               alerts_added: int) -> None:
-    """The run's row: its metadata columns (when `meta` changed), last step, alert count."""
+               alerts_added: int, rows_added: bool) -> None:
+    """The run's row: its metadata columns (when `meta` changed), last step, alert count,
+    and `last_ord`, the newest `ord` of its rows (live readers poll it, one index lookup)."""
     if meta is not None:
         values = run_columns(meta)
         sets = ", ".join(f"{c} = %s" for c in _RUN_COLUMNS)
         conn.execute(f"UPDATE trainspect.runs SET {sets}, updated_at = now() WHERE run_uid = %s",
                      (*[values[c] for c in _RUN_COLUMNS], run_uid))
-    if last_step is not None or alerts_added:
+    if rows_added:  # currval: the last ord this session drew, in this transaction
         conn.execute(
             "UPDATE trainspect.runs SET last_step = GREATEST(last_step, %s), "
-            "alert_count = alert_count + %s, updated_at = now() WHERE run_uid = %s",
-            (last_step, alerts_added, run_uid))
+            "alert_count = alert_count + %s, last_ord = currval('trainspect.ord'), "
+            "updated_at = now() WHERE run_uid = %s", (last_step, alerts_added, run_uid))
 
 
 def run_columns(meta: dict[str, Any]) -> dict[str, Any]:

@@ -117,15 +117,6 @@ FROM trainspect.blocks b JOIN trainspect.keys k ON k.key_uid = b.key_uid
 WHERE b.run_uid = %s AND b.ord > %s ORDER BY b.ord
 """
 
-NEWEST_ORD = """
-SELECT GREATEST(
-    (SELECT max(ord) FROM trainspect.blocks WHERE run_uid = %(run)s),
-    (SELECT max(ord) FROM trainspect.samples WHERE run_uid = %(run)s),
-    (SELECT max(ord) FROM trainspect.matrices WHERE run_uid = %(run)s),
-    (SELECT max(ord) FROM trainspect.alerts WHERE run_uid = %(run)s),
-    (SELECT max(ord) FROM trainspect.eval_examples WHERE run_uid = %(run)s))
-"""
-
 # Rows of the record tables in write order: spools by their first attempt, then seq.
 SPOOL_ORDER = "sp.first_attempt, t.spool_uid, t.seq"
 

@@ -63,6 +63,7 @@ MIGRATIONS: list[list[str]] = [
             meta text NOT NULL DEFAULT '{}',
             last_step bigint,
             alert_count int NOT NULL DEFAULT 0,
+            last_ord bigint NOT NULL DEFAULT 0,
             updated_at timestamptz NOT NULL DEFAULT now(),
             UNIQUE (project, run_id))""",
         # The run list (newest first, all or one project) and the searches.

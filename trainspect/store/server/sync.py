@@ -158,6 +158,7 @@ class SpoolSync:
         names = spool.key_names(local)
         states = push.key_states(server, run_uid, (names[c.key_id] for c in chunks))
         points = self._push_chunks(server, local, run_uid, spool_uid, chunks, names, states, end)
+        points_sent = points > 0
         push.insert_records(server, run_uid, spool_uid, records)
         examples = records.get("eval_examples") or []
         push.upsert_eval_set(server, run_uid, spool.eval_set_rows(
@@ -165,7 +166,9 @@ class SpoolSync:
         meta_text = push.run_columns(meta)["meta"]
         changed_meta = meta if meta_text != self._pushed_meta else None
         last_step = max((c.step_max for c in chunks), default=None)
-        push.update_run(server, run_uid, changed_meta, last_step, len(records.get("alerts") or []))
+        added = bool(points_sent or any(records.values()))
+        push.update_run(server, run_uid, changed_meta, last_step, len(records.get("alerts") or []),
+                        added)
         push.set_cursor(server, spool_uid, end)
         self._pushed_meta = meta_text
         rows = len(chunks) + sum(len(v) for v in records.values())

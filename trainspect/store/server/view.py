@@ -237,8 +237,13 @@ class ServerRunView:
         have with the same values, so merge by step (as with a local run).
         """
         run = self.run_uid
+        nothing = {"cursor": cursor, "scalars": {}, "samples": [], "alerts": [], "matrices": []}
 
-        def read(conn: Any) -> tuple:
+        def read(conn: Any) -> tuple | None:
+            last = conn.execute("SELECT last_ord FROM trainspect.runs WHERE run_uid = %s",
+                                (run,)).fetchone()
+            if last is None or last[0] <= cursor:
+                return None  # an idle run costs a poller one index lookup
             blocks = conn.execute(queries.BLOCKS_AFTER, (run, cursor), binary=True).fetchall()
             samples = self._records(conn, "samples", queries.SAMPLE_COLUMNS, "t.ord > %s",
                                     (cursor,))
@@ -252,7 +257,10 @@ class ServerRunView:
                 (run, cursor)).fetchone()[0]
             return blocks, samples, alerts, matrices, evals
 
-        blocks, samples, alerts, matrices, evals = self.reader.pool.run(read)
+        found = self.reader.pool.run(read)
+        if found is None:
+            return nothing
+        blocks, samples, alerts, matrices, evals = found
         wanted = set(keys) if keys is not None else None
         new_cursor = max([cursor, evals or 0] + [r[0] for r in blocks] + [m[0] for m in matrices]
                          + [s[0] for s in samples] + [a[0] for a in alerts])
@@ -271,8 +279,9 @@ class ServerRunView:
 
     def cursor(self) -> int:
         """The newest `ord` of the run: `rows_after(cursor())` returns only what comes next."""
-        row = self._query(queries.NEWEST_ORD, {"run": self.run_uid})
-        return int(row[0][0] or 0)
+        row = self._query("SELECT last_ord FROM trainspect.runs WHERE run_uid = %s",
+                          (self.run_uid,))
+        return int(row[0][0]) if row else 0
 
     # ---- samples, matrices, alerts, eval ------------------------------------------------
 
