@@ -15,7 +15,8 @@ from trainspect.errors import TrainspectError
 from trainspect.store.reader import STALE_HEARTBEAT_S
 from trainspect.store.server import queries
 from trainspect.store.server.pool import Pool
-from trainspect.store.server.view import ServerRunView, _alert
+from trainspect.store.server.rows import alert
+from trainspect.store.server.view import ServerRunView
 from trainspect.summary import HEADLINE_KEYS
 
 STATUSES = ("running", "finished", "failed", "crashed")
@@ -137,7 +138,7 @@ class ServerReader:
         if with_alerts:
             alerts = {uid: [] for uid in uids}
             for uid, *row in alert_rows:
-                alerts[uid].append(_alert(tuple(row)))
+                alerts[uid].append(alert(tuple(row)))
         return [ServerRunView(self, row, headline[row.run_uid],
                               None if alerts is None else alerts[row.run_uid], bulk=True)
                 for row in rows]

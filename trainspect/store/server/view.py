@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,44 +20,18 @@ import numpy as np
 from trainspect.errors import TrainspectError
 from trainspect.store.reader import derive_status
 from trainspect.store.server import queries
+from trainspect.store.server.rows import (
+    PartialLatest,
+    alert,
+    block_steps,
+    chunks_of,
+    newest_per_step,
+    one_block_steps,
+    sample,
+)
 
 FRESH_S = 1.0  # a view's row, headline values and alerts are re-read after this long
 BULK_GRACE_S = 60.0  # a bulk read this recent stands in for a view's first refresh()
-
-
-class PartialLatest(Mapping):
-    """Latest values known for some keys (bulk-read headline keys), the rest on demand."""
-
-    def __init__(self, known: dict[str, float], complete_for: frozenset[str],
-                 load: Any) -> None:
-        self._known = known
-        self._complete_for = complete_for
-        self._load = load
-        self._all: dict[str, float] | None = None
-
-    def _full(self) -> dict[str, float]:
-        if self._all is None:
-            self._all = self._load()
-        return self._all
-
-    def __contains__(self, key: object) -> bool:
-        if self._all is None and key in self._complete_for:
-            return key in self._known
-        return key in self._full()
-
-    def __getitem__(self, key: str) -> float:
-        if self._all is None and key in self._known:
-            return self._known[key]
-        return self._full()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._full())
-
-    def __len__(self) -> int:
-        return len(self._full())
-
-    def __repr__(self) -> str:
-        return f"PartialLatest({self._all if self._all is not None else self._known!r})"
 
 
 class ServerRunView:
@@ -187,7 +161,7 @@ class ServerRunView:
         """Every point ever written for `key`, superseded ones too: (attempt, step, value)."""
         out = []
         for attempt, steps, vals, n, first, stride, _ in self._blocks(key):
-            s = _block_steps(steps, n, first, stride).tolist()
+            s = one_block_steps(steps, n, first, stride).tolist()
             out.extend((attempt, a, b) for a, b in zip(s, vals.tolist()))
         return out
 
@@ -265,15 +239,15 @@ class ServerRunView:
         new_cursor = max([cursor, evals or 0] + [r[0] for r in blocks] + [m[0] for m in matrices]
                          + [s[0] for s in samples] + [a[0] for a in alerts])
         scalars: dict[str, list[tuple[int, float]]] = {}
-        for name, steps, vals in _chunks_of(blocks):
+        for name, steps, vals in chunks_of(blocks):
             if wanted is None or name in wanted:
                 s, v = newest_per_step(steps, vals)
                 scalars.setdefault(name, []).extend(zip(s.tolist(), v.tolist()))
         return {
             "cursor": new_cursor,
             "scalars": scalars,
-            "samples": [_sample(r) for r in samples],
-            "alerts": [_alert(r) for r in alerts],
+            "samples": [sample(r) for r in samples],
+            "alerts": [alert(r) for r in alerts],
             "matrices": [{"name": n, "step": s} for _, n, s in matrices],
         }
 
@@ -303,7 +277,7 @@ class ServerRunView:
             args.append(stream)
         rows = self.reader.pool.run(lambda conn: self._records(
             conn, "samples", queries.SAMPLE_COLUMNS, " AND ".join(where), tuple(args)))
-        return [_sample(r) for r in rows]
+        return [sample(r) for r in rows]
 
     def sample_steps(self) -> list[int]:
         return [r[0] for r in self._query(
@@ -373,57 +347,4 @@ class ServerRunView:
             return list(self._alerts)
         rows = self.reader.pool.run(
             lambda conn: self._records(conn, "alerts", queries.ALERT_COLUMNS, "TRUE", ()))
-        return [_alert(r) for r in rows]
-
-
-def _block_steps(steps: np.ndarray | None, n: int, first: int, stride: int) -> np.ndarray:
-    if steps is not None:
-        return steps
-    return np.arange(n, dtype=np.int64) * stride + first
-
-
-def block_steps(stored: list, n: list[int], first: list[int], stride: list[int]) -> np.ndarray:
-    """The steps of consecutive blocks: first + i * stride, or the block's stored steps."""
-    counts = np.asarray(n, np.int64)
-    starts = np.cumsum(counts) - counts
-    index = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
-    steps = np.repeat(np.asarray(first, np.int64), counts) + index * np.repeat(
-        np.asarray(stride, np.int64), counts)
-    for i, given in enumerate(stored):
-        if given is not None:
-            steps[starts[i]:starts[i] + counts[i]] = given
-    return steps
-
-
-def newest_per_step(steps: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted by step, one value per step: the one written last (as `chunks.decode`)."""
-    if steps.size < 2 or bool(np.all(steps[1:] > steps[:-1])):
-        return steps, vals
-    order = np.argsort(steps, kind="stable")  # ties keep write order
-    steps, vals = steps[order], vals[order]
-    last_of_step = np.append(steps[1:] != steps[:-1], True)
-    return steps[last_of_step], vals[last_of_step]
-
-
-def _chunks_of(blocks: list[tuple]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Blocks in `ord` order regrouped into their chunks: (name, steps, values)."""
-    i = 0
-    while i < len(blocks):
-        j = i + 1
-        while j < len(blocks) and blocks[j][2:4] == blocks[i][2:4]:
-            j += 1
-        part = blocks[i:j]
-        steps = np.concatenate([_block_steps(b[4], b[6], b[7], b[8]) for b in part])
-        vals = np.concatenate([b[5] for b in part])
-        yield blocks[i][1], steps, vals
-        i = j
-
-
-def _sample(r: tuple) -> dict:
-    return {"seq": r[0], "step": r[1], "stream": r[2], "group": r[3], "sample_id": r[4],
-            "context": r[5], "positions": json.loads(r[6]), "wall_time": r[7]}
-
-
-def _alert(r: tuple) -> dict:
-    return {"seq": r[0], "step": r[1], "rule": r[2], "level": r[3], "message": r[4],
-            "action": r[5], "state": r[6], "wall_time": r[7]}
+        return [alert(r) for r in rows]
