@@ -345,9 +345,8 @@ def test_roles_from_docs_team_md_a_writer_syncs_and_a_reader_only_reads(tmp_path
     with ts.init(project="p", dir=tmp_path, alerts=False) as local_only:
         local_only.log({"x": 2.0}, step=1)
     assert main(["sync", str(tmp_path), "--to", reader]) == 1  # refused, named, not a crash
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        with psycopg.connect(reader) as conn:
-            conn.execute("DELETE FROM trainspect.runs")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), psycopg.connect(reader) as conn:
+        conn.execute("DELETE FROM trainspect.runs")
 
 
 def test_a_replaced_run_file_is_refused_not_silently_skipped(tmp_path, pg_url):
