@@ -235,7 +235,9 @@ def test_runs_are_listed_newest_first_and_found_by_reference(backend):
     assert reader.run(f"one/{made[1].id}").config == {"i": 1}
     with pytest.raises(TrainspectError, match="no run"):
         reader.run("one/nope")
-    with pytest.raises(TrainspectError, match="ambiguous"):
+    with pytest.raises(TrainspectError, match=r"matches \d\+? runs"):
         reader.run(made[0].id[:8])  # the shared date prefix
+    assert reader.run(made[2].id[-4:]).id == made[2].id  # a suffix: the random digits
+    assert reader.run("gamma").id == made[2].id  # a name
     first = listed[-1]
     assert first.started_at <= first.ended_at and first.id == made[0].id

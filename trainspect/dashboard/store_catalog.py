@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from trainspect.dashboard.catalog import ANY_PROJECT
 from trainspect.dashboard.panels.base import ClientError
 from trainspect.errors import TrainspectError
 from trainspect.paths import check_name
@@ -37,7 +38,10 @@ class StoreCatalog:
                 self._views.popitem(last=False)
 
     def get(self, project: str, run_id: str) -> ServerRunView:
-        """The run `project/run_id`: 400 for a bad name, 404 for no such run."""
+        """The run `project/run_id`: 400 for a bad name, 404 for no such run; with the
+        project `_`, the run that the reference `run_id` names (as `Catalog.get`)."""
+        if project == ANY_PROJECT:
+            return self._by_reference(run_id)
         try:
             check_name(project, "project")
             check_name(run_id, "run")
@@ -46,22 +50,36 @@ class StoreCatalog:
         ref = f"{project}/{run_id}"
         with self._lock:
             view = self._views.get(ref)
-        if view is not None:
-            try:
-                view.refresh()
-            except TrainspectError as err:  # deleted from the store meanwhile
-                raise ClientError(str(err), 404) from None
-        else:
+        if view is None:
             rows = self.reader.runs(project=project, run_id=run_id)
             if not rows:
-                raise ClientError(f"no run {ref!r}", 404)
+                raise ClientError(f"no run {ref!r} in {self.root}", 404)
             view = rows[0]
-        self._keep(ref, view)
+        return self._fresh(view)
+
+    def _fresh(self, view: ServerRunView) -> ServerRunView:
+        try:
+            view.refresh()
+        except TrainspectError as err:  # deleted from the store meanwhile
+            raise ClientError(str(err), 404) from None
+        self._keep(f"{view.project}/{view.id}", view)
         return view
 
+    def _by_reference(self, ref: str) -> ServerRunView:
+        try:
+            return self._fresh(self.reader.run(ref))
+        except TrainspectError as err:
+            raise ClientError(str(err), 404) from None
+
     def ref(self, ref: str) -> ServerRunView:
-        project, _, run_id = ref.partition("/")
-        return self.get(project, run_id)
+        """A run by `project/run_id`, a bare id, a unique part of one, or a run name."""
+        project, sep, run_id = ref.partition("/")
+        if sep and project != ANY_PROJECT:
+            try:
+                return self.get(project, run_id)
+            except ClientError:
+                pass  # not project/run_id: a name may hold a '/'
+        return self._by_reference(run_id if project == ANY_PROJECT and sep else ref)
 
     def runs(self) -> list[ServerRunView]:
         """Every run, newest first, read in bulk; the views are kept for the panels."""
@@ -69,6 +87,10 @@ class StoreCatalog:
         for view in views[:MAX_VIEWS]:
             self._keep(f"{view.project}/{view.id}", view)
         return views
+
+    def unreadable(self) -> list:
+        """Nothing: a store has no unreadable files (as `Catalog.unreadable`)."""
+        return []
 
     def close(self) -> None:
         self.reader.close()

@@ -20,6 +20,7 @@ from trainspect.store.server.view import ServerRunView
 from trainspect.summary import HEADLINE_KEYS
 
 STATUSES = ("running", "finished", "failed", "crashed")
+MAX_LISTED = 10  # runs named in an ambiguous reference's error
 
 
 class ServerReader:
@@ -29,6 +30,7 @@ class ServerReader:
         self.url = url
         self.pool = Pool(url)
         self.where = self.pool.where
+        self.root = self.where  # what messages name, like a directory reader's root
         self.headline_keys = frozenset(HEADLINE_KEYS)
 
     def __repr__(self) -> str:
@@ -143,28 +145,49 @@ class ServerReader:
                               None if alerts is None else alerts[row.run_uid], bulk=True)
                 for row in rows]
 
+    def scan(self, project: str | None = None) -> tuple[list[ServerRunView], list]:
+        """(runs newest first, unreadable ones): a store has no unreadable files."""
+        return self.runs(project), []
+
     def run(self, ref: str) -> ServerRunView:
-        """The run `ref`: `project/run_id`, a run id, a unique prefix of one, or a run name."""
-        project, _, wanted = str(ref).rpartition("/")
-        if not wanted:
-            raise TrainspectError(f"no run {ref!r} in {self.where}")
+        """The run `ref` names, as in a runs directory (`trainspect.store.lookup`): its id,
+        else a unique prefix or suffix of one, or a run's name; `project/<ref>` searches
+        one project."""
+        if not isinstance(ref, str) or not ref.strip("/ "):
+            raise TrainspectError(f"expected a run id, a unique part of one, or a run name, "
+                                  f"got {ref!r}")
+        project, _, wanted = ref.rpartition("/")
+        if not (project and self._rows("SELECT run_uid FROM trainspect.runs WHERE project = %s "
+                                       "LIMIT 1", (project,))):
+            project, wanted = "", ref  # no such project: a name may hold a '/'
         scope, args = ("project = %s AND ", [project]) if project else ("", [])
-        for condition, value in (("run_id = %s", wanted),
-                                 ("run_id LIKE %s", _like_prefix(wanted)),
-                                 ("name = %s", wanted)):
-            rows = self._rows(f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs "
-                              f"WHERE {scope}{condition} ORDER BY project, run_id LIMIT 6",
-                              (*args, value))
-            if len(rows) == 1:
-                return self._views(rows)[0]
-            if len(rows) > 1:
-                names = ", ".join(f"{r.project}/{r.run_id}" for r in rows[:5])
-                raise TrainspectError(f"run {ref!r} is ambiguous in {self.where}: {names}")
-        raise TrainspectError(f"no run {ref!r} in {self.where}")
+        select = f"SELECT {queries.RUN_COLUMNS} FROM trainspect.runs WHERE {scope}"
+        rows = self._rows(select + "run_id = %s", (*args, wanted))
+        if len(rows) != 1:
+            rows = rows or self._rows(
+                select + "(run_id LIKE %s OR run_id LIKE %s OR name = %s) "
+                f"ORDER BY project, run_id LIMIT {MAX_LISTED + 1}",
+                (*args, _like_prefix(wanted), "%" + _escape_like(wanted), wanted))
+        if not rows:
+            raise TrainspectError(
+                f"no run {ref!r} in {self.where}: give a run id, a unique part of one (its "
+                "last digits), or a run name; `trainspect ls --store` lists them")
+        if len(rows) > 1:
+            listed = ", ".join(f"{r.project}/{r.run_id}" + (f" ({r.name})" if r.name != r.run_id
+                                                            else "") for r in rows[:MAX_LISTED])
+            more = " and more" if len(rows) > MAX_LISTED else ""
+            raise TrainspectError(f"{ref!r} matches {len(rows)}{'+' if more else ''} runs in "
+                                  f"{self.where}: {listed}{more}; give the full id, or "
+                                  "project/id")
+        return self._views(rows)[0]
+
+
+def _escape_like(text: str) -> str:
+    return re.sub(r"([\\%_])", r"\\\1", text)
 
 
 def _like_prefix(text: str) -> str:
-    return re.sub(r"([\\%_])", r"\\\1", text) + "%"
+    return _escape_like(text) + "%"
 
 
 def _status_filter(status: str) -> str:
