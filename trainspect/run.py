@@ -9,9 +9,9 @@ alert while training goes on.
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,7 @@ class Run:
             **describe_process(),
         )
         if claim.created:  # a new file: name it among the run's spools (docs/team.md)
-            self._writer.set_meta(spool_id=secrets.token_hex(8), first_attempt=attempt)
+            self._writer.set_meta(spool_id=uuid.uuid4().hex[:16], first_attempt=attempt)
         self.sync = None  # the team store's live sync (`store=`), on the writing rank
         if url and self._writer.alive:
             from trainspect.store.server.attach import start_sync

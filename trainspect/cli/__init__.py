@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from trainspect.errors import TrainspectError
 
@@ -38,22 +40,38 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
                         help="a team store, postgresql://user@host:port/db, instead of --dir")
 
 
-def use_store(args: argparse.Namespace) -> None:
-    """`--store URL`: readers open the team store (`Reader(url)`), runs stream to it."""
+@contextmanager
+def use_store(args: argparse.Namespace) -> Iterator[None]:
+    """`--store URL`: reading commands open the team store (`Reader(url)`); the demo's
+    run streams to it ($TRAINSPECT_STORE while the command runs)."""
     store = getattr(args, "store", None)
-    if store:
-        from trainspect.store.server.connect import ENV_STORE, store_url
+    if not store:
+        yield
+        return
+    from trainspect.store.server.connect import ENV_STORE, store_url
 
-        args.dir = store_url(store)
-        os.environ[ENV_STORE] = args.dir
+    url = store_url(store)
+    if args.command != "demo":
+        args.dir = url
+        yield
+        return
+    before = os.environ.get(ENV_STORE)
+    os.environ[ENV_STORE] = url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_STORE, None)
+        else:
+            os.environ[ENV_STORE] = before
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        use_store(args)
-        return int(args.handler(args) or 0)
+        with use_store(args):
+            return int(args.handler(args) or 0)
     except TrainspectError as err:
         print(f"trainspect: {err}", file=sys.stderr)
         return 2
