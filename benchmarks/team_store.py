@@ -14,7 +14,10 @@ SQLAlchemy store). Measures, for both:
   server query; MLflow has none: `get_metric_history` then numpy);
 - listing 10,000 runs (`ts.open(url).runs()` / `search_runs`);
 - the UI's run list with 10,000 runs over HTTP (the dashboard's /api/runs /
-  MLflow's server's runs/search, both answering with all 10,000).
+  MLflow's server's runs/search, both answering with all 10,000);
+- and, as a yardstick of how busy the machine is during the run, the same read and
+  downsampling from trainspect's local SQLite file (docs/benchmarks.md has its
+  figures on a quiet machine).
 
 The 10,000 runs of each tool are copies, made in SQL, of one run written through
 that tool's own API; MLflow's 1,000,000 points are copied into its `metrics` table
@@ -107,11 +110,16 @@ def trainspect_side(url: str, work: Path, runs: int) -> dict:
     view = reader.run(wide.id)
     assert len(view.series("metric_07")) == STEPS
     out["read 20k series (ms)"] = 1e3 * timed(lambda: view.series("metric_07"), 20)
+    wide_local = ts.open(work).run(wide.id)  # the same reads of the local file: how loaded
+    out["local: read 20k series (ms)"] = 1e3 * timed(  # this machine is, in this run
+        lambda: wide_local.series("metric_07"), 20)
     long_view = reader.run(run.id)
     local = ts.open(work).run(run.id)
     assert long_view.series("loss", buckets=BUCKETS) == local.series("loss", buckets=BUCKETS)
     out["downsample 1M -> 2k (ms)"] = 1e3 * timed(
         lambda: long_view.series("loss", buckets=BUCKETS), 10)
+    out["local: downsample 1M -> 2k (ms)"] = 1e3 * timed(
+        lambda: local.series("loss", buckets=BUCKETS), 10)
     clone_trainspect_runs(url, wide.id, runs - 2)
     assert len(reader.runs()) == runs
     out["list 10k runs (ms)"] = 1e3 * timed(reader.runs, 5)
