@@ -27,9 +27,10 @@ _BLOCK_COLUMNS = ("key_uid", "attempt", "spool_uid", "seq", "block", "run_uid", 
 _BLOCK_TYPES = ["int8", "int4", "int8", "int8", "int4", "int8", "int4", "int8", "int8",
                 "int8[]", "float8[]", "float8[]", "float8[]"]
 _CHUNK_COLUMNS = ("spool_uid", "seq", "key_uid", "attempt", "level", "n", "step_min",
-                  "step_max", "block_first", "block_last", "block_min", "block_max", "times")
-_CHUNK_TYPES = ["int8", "int8", "int8", "int4", "int4", "int4", "int8", "int8", "int8[]",
-                "int8[]", "float8[]", "float8[]", "bytea"]
+                  "step_max", "stride", "block_first", "block_last", "block_min", "block_max",
+                  "times")
+_CHUNK_TYPES = ["int8", "int8", "int8", "int4", "int4", "int4", "int8", "int8", "int8",
+                "int8[]", "int8[]", "float8[]", "float8[]", "bytea"]
 
 
 @dataclass
@@ -135,7 +136,7 @@ def copy_chunks(conn: Any, run_uid: int, spool_uid: int,
             copy.set_types(_CHUNK_TYPES)
             for (key_uid, c), b in zip(chunks, blocks):
                 copy.write_row((spool_uid, c.seq, key_uid, c.attempt, c.level, c.n, c.step_min,
-                                c.step_max, *b.summary, c.times))
+                                c.step_max, chunk_stride(c), *b.summary, c.times))
         with cur.copy(f"COPY trainspect.blocks ({', '.join(_BLOCK_COLUMNS)}) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_BLOCK_TYPES)
@@ -145,6 +146,13 @@ def copy_chunks(conn: Any, run_uid: int, spool_uid: int,
                     copy.write_row((key_uid, c.attempt, spool_uid, c.seq, i, run_uid, n, first,
                                     stride, b.steps[i], b.vals[i], b.sub_min[i], b.sub_max[i]))
     return sum(c.n for _, c in chunks)
+
+
+def chunk_stride(c: ChunkRow) -> int:
+    """The steps' stride when the chunk's steps rise evenly (not stored locally), else 0."""
+    if c.steps or c.n < 2:
+        return 0
+    return (c.step_max - c.step_min) // (c.n - 1)
 
 
 def overlapping_keys(conn: Any, key_uids: list[int]) -> set[int]:

@@ -18,14 +18,14 @@ write per step, as the local reader does.
 
 from __future__ import annotations
 
-from trainspect.store.server.schema import SUB_POINTS
+from trainspect.store.server.schema import BLOCK_POINTS, SUB_POINTS
 
 # Every point of a block `b` as u(s, v, i); its step is the stored one or first + i * stride.
 _UNPACK = "unnest(b.steps, b.vals) WITH ORDINALITY AS u(s, v, i)"
 _STEP = "COALESCE(u.s, b.step_first + (u.i - 1) * b.stride)"
 
 
-SUB = SUB_POINTS
+BLOCK, SUB = BLOCK_POINTS, SUB_POINTS
 # Block `b` is the one `m` names (m: a row of `summary`, `edges` or `subs`).
 _SAME_BLOCK = ("b.key_uid = (SELECT key_uid FROM k) AND b.attempt = m.attempt "
                "AND b.spool_uid = m.spool_uid AND b.seq = m.seq AND b.block = m.block")
@@ -44,15 +44,30 @@ span AS MATERIALIZED (
     SELECT min(step_min) AS lo, max(step_max) AS hi, sum(n) AS total
     FROM trainspect.chunks WHERE key_uid = (SELECT key_uid FROM k)
 ),
-summary AS MATERIALIZED (  -- every block of a metric whose steps simply rise: its buckets
-    SELECT c.attempt, c.spool_uid, c.seq, (u.i - 1)::int AS block, u.first, u.lo_v, u.hi_v,
-           e.b0, s.total <= %(buckets)s OR e.b0 <> e.b1 AS edge
-    FROM trainspect.chunks c CROSS JOIN span s
+blocks_of AS (  -- every block of a metric whose steps simply rise: step range, min, max
+    SELECT c.attempt, c.spool_uid, c.seq, (u.i - 1)::int AS block, u.first, u.last, u.lo_v,
+           u.hi_v
+    FROM trainspect.chunks c
     CROSS JOIN LATERAL unnest(c.block_first, c.block_last, c.block_min, c.block_max)
         WITH ORDINALITY AS u(first, last, lo_v, hi_v, i)
-    CROSS JOIN LATERAL (SELECT {_bucket("u.first", "s.lo", "s.hi")} AS b0,
-                               {_bucket("u.last", "s.lo", "s.hi")} AS b1) e
     WHERE c.key_uid = (SELECT key_uid FROM k) AND NOT (SELECT overlapping FROM k)
+        AND c.stride = 0
+    UNION ALL  -- evenly spaced chunks: block steps by arithmetic, two arrays fewer to unnest
+    SELECT c.attempt, c.spool_uid, c.seq, (u.i - 1)::int,
+           c.step_min + (u.i - 1) * {BLOCK} * c.stride,
+           least(c.step_min + ((u.i - 1) * {BLOCK} + {BLOCK} - 1) * c.stride, c.step_max),
+           u.lo_v, u.hi_v
+    FROM trainspect.chunks c
+    CROSS JOIN LATERAL unnest(c.block_min, c.block_max) WITH ORDINALITY AS u(lo_v, hi_v, i)
+    WHERE c.key_uid = (SELECT key_uid FROM k) AND NOT (SELECT overlapping FROM k)
+        AND c.stride > 0
+),
+summary AS MATERIALIZED (  -- ... and the buckets of its first and last step
+    SELECT m.attempt, m.spool_uid, m.seq, m.block, m.first, m.lo_v, m.hi_v, e.b0,
+           s.total <= %(buckets)s OR e.b0 <> e.b1 AS edge
+    FROM blocks_of m CROSS JOIN span s
+    CROSS JOIN LATERAL (SELECT {_bucket("m.first", "s.lo", "s.hi")} AS b0,
+                               {_bucket("m.last", "s.lo", "s.hi")} AS b1) e
 ),
 subs AS MATERIALIZED (  -- sub-blocks of the blocks across an edge: step range and buckets
     SELECT b.attempt, b.spool_uid, b.seq, b.block, sb.j, sb.lo_v, sb.hi_v, st.first, e.c0,

@@ -104,6 +104,7 @@ MIGRATIONS: list[list[str]] = [
             n int NOT NULL,
             step_min bigint NOT NULL,
             step_max bigint NOT NULL,
+            stride bigint NOT NULL,
             block_first bigint[] NOT NULL,
             block_last bigint[] NOT NULL,
             block_min float8[] NOT NULL,
