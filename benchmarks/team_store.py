@@ -22,7 +22,8 @@ SQLAlchemy store). Measures, for both:
 The 10,000 runs of each tool are copies, made in SQL, of one run written through
 that tool's own API; MLflow's 1,000,000 points are copied into its `metrics` table
 with COPY (its `log_batch` writes ~1,500 points/s here: a million would take 11
-minutes). Medians of repeated timings; the first call of each is a warm-up.
+minutes). Both databases get a VACUUM ANALYZE after their bulk writes (autovacuum's
+work, done at once); medians of repeated timings, the first call of each a warm-up.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def trainspect_side(url: str, work: Path, runs: int) -> dict:
         for step, v in enumerate(million.tolist()):
             run.log({"loss": v}, step=step)
     sync_file(run.path, url)
+    settle(url)
     reader = ts.open(url)
     view = reader.run(wide.id)
     assert len(view.series("metric_07")) == STEPS
@@ -143,6 +145,15 @@ def trainspect_side(url: str, work: Path, runs: int) -> dict:
     return out
 
 
+def settle(url: str) -> None:
+    """VACUUM ANALYZE, as autovacuum does within a minute of a bulk write: freshly written
+    rows are read without their visibility hint bits and before the planner has stats."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
 def clone_trainspect_runs(url: str, run_id: str, copies: int) -> None:
     """`copies` runs like `run_id` (row, metrics' latest values, alerts), in SQL."""
     import psycopg
@@ -169,7 +180,7 @@ def clone_trainspect_runs(url: str, run_id: str, copies: int) -> None:
             "a.level, a.message, a.action, a.state, a.wall_time FROM trainspect.alerts a "
             "JOIN trainspect.runs t ON t.run_uid = a.run_uid AND t.run_id = %s "
             "CROSS JOIN trainspect.spools s WHERE s.token = 'copy'", (run_id,))
-        conn.execute("ANALYZE")
+    settle(url)
 
 
 # ---- MLflow --------------------------------------------------------------------------------
@@ -199,6 +210,7 @@ def mlflow_side(url: str, work: Path, runs: int) -> dict:
                                               5)
     long = client.create_run(experiment, run_name="long").info.run_id
     copy_mlflow_million(url, long, now)
+    settle(url)
 
     def downsample() -> list:
         history = client.get_metric_history(long, "loss")
@@ -263,7 +275,7 @@ def clone_mlflow_runs(url: str, run_uuid: str, copies: int) -> None:
             picked = ", ".join("ids.uuid" if c == "run_uuid" else f"t.{c}" for c in cols)
             conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {picked} "
                          f"FROM {table} t, ids WHERE t.run_uuid = %s", (run_uuid,))
-        conn.execute("ANALYZE")
+    settle(url)
 
 
 def mlflow_ui_list(uri: str, work: Path, experiment: str, runs: int) -> float | None:

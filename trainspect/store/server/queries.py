@@ -26,7 +26,7 @@ _STEP = "COALESCE(u.s, b.step_first + (u.i - 1) * b.stride)"
 
 
 BLOCK, SUB = BLOCK_POINTS, SUB_POINTS
-# Block `b` is the one `m` names (m: a row of `summary`, `edges` or `subs`).
+# Block `b` is the one `m` names (m: a row of `summary`).
 _SAME_BLOCK = ("b.key_uid = (SELECT key_uid FROM k) AND b.attempt = m.attempt "
                "AND b.spool_uid = m.spool_uid AND b.seq = m.seq AND b.block = m.block")
 
@@ -69,9 +69,11 @@ summary AS MATERIALIZED (  -- ... and the buckets of its first and last step
     CROSS JOIN LATERAL (SELECT {_bucket("m.first", "s.lo", "s.hi")} AS b0,
                                {_bucket("m.last", "s.lo", "s.hi")} AS b1) e
 ),
-subs AS MATERIALIZED (  -- sub-blocks of the blocks across an edge: step range and buckets
-    SELECT b.attempt, b.spool_uid, b.seq, b.block, sb.j, sb.lo_v, sb.hi_v, st.first, e.c0,
-           s.total <= %(buckets)s OR e.c0 <> e.c1 AS edge
+fast AS (
+    SELECT b0 AS g, first AS step, NULLIF(lo_v, 'NaN') AS lo_v, NULLIF(hi_v, 'NaN') AS hi_v
+    FROM summary WHERE NOT edge
+    UNION ALL  -- a block across an edge: its sub-blocks, and the points of those across one
+    SELECT it.g, it.step, it.lo_v, it.hi_v
     FROM (SELECT * FROM summary WHERE edge) m CROSS JOIN span s
     JOIN trainspect.blocks b ON {_SAME_BLOCK}
     CROSS JOIN LATERAL unnest(b.sub_min, b.sub_max) WITH ORDINALITY AS sb(lo_v, hi_v, j)
@@ -80,25 +82,24 @@ subs AS MATERIALIZED (  -- sub-blocks of the blocks across an edge: step range a
             AS first,
         COALESCE(b.steps[least(sb.j * {SUB}, b.n)],
                  b.step_first + (least(sb.j * {SUB}, b.n) - 1) * b.stride) AS last) st
-    CROSS JOIN LATERAL (SELECT {_bucket("st.first", "s.lo", "s.hi")} AS c0,
-                               {_bucket("st.last", "s.lo", "s.hi")} AS c1) e
-),
-fast AS (
-    SELECT b0 AS g, first AS step, NULLIF(lo_v, 'NaN') AS lo_v, NULLIF(hi_v, 'NaN') AS hi_v
-    FROM summary WHERE NOT edge
-    UNION ALL
-    SELECT c0, first, NULLIF(lo_v, 'NaN'), NULLIF(hi_v, 'NaN') FROM subs WHERE NOT edge
-    UNION ALL  -- sub-blocks across an edge, point by point
-    SELECT CASE WHEN s.total <= %(buckets)s THEN p.step
-                ELSE {_bucket("p.step", "s.lo", "s.hi")} END,
-           p.step, NULLIF(p.v, 'NaN'), NULLIF(p.v, 'NaN')
-    FROM (SELECT * FROM subs WHERE edge) m
-    JOIN trainspect.blocks b ON {_SAME_BLOCK}
-    CROSS JOIN span s
+    CROSS JOIN LATERAL (SELECT c0, s.total <= %(buckets)s OR c0 <> c1 AS edge FROM (SELECT
+        {_bucket("st.first", "s.lo", "s.hi")} AS c0,
+        {_bucket("st.last", "s.lo", "s.hi")} AS c1) c) e
     CROSS JOIN LATERAL (
-        SELECT COALESCE(x.s, b.step_first + ((m.j - 1) * {SUB} + x.i - 1) * b.stride) AS step, x.v
-        FROM unnest(b.steps[(m.j - 1) * {SUB} + 1:m.j * {SUB}],
-                    b.vals[(m.j - 1) * {SUB} + 1:m.j * {SUB}]) WITH ORDINALITY AS x(s, v, i)) p
+        SELECT e.c0 AS g, st.first AS step, NULLIF(sb.lo_v, 'NaN') AS lo_v,
+               NULLIF(sb.hi_v, 'NaN') AS hi_v
+        WHERE NOT e.edge
+        UNION ALL
+        SELECT CASE WHEN s.total <= %(buckets)s THEN p.step
+                    ELSE {_bucket("p.step", "s.lo", "s.hi")} END,
+               p.step, NULLIF(p.v, 'NaN'), NULLIF(p.v, 'NaN')
+        FROM (SELECT COALESCE(x.s, b.step_first + ((sb.j - 1) * {SUB} + x.i - 1) * b.stride)
+                  AS step, x.v
+              FROM unnest(b.steps[(sb.j - 1) * {SUB} + 1:sb.j * {SUB}],
+                          b.vals[(sb.j - 1) * {SUB} + 1:sb.j * {SUB}])
+                  WITH ORDINALITY AS x(s, v, i)) p
+        WHERE e.edge
+    ) it
 ),
 newest AS MATERIALIZED (  -- steps written twice: the newest write of each step
     SELECT DISTINCT ON (1) {_STEP} AS step, u.v
