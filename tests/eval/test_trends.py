@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 
 import trainspect as ts
@@ -79,11 +80,56 @@ def test_summary_drift_and_gap():
     assert summarize(tiny)["calibration_drift"] is False  # +100%, but 0.001 absolute: noise
 
 
+def test_a_near_zero_best_ece_does_not_make_noise_drift():
+    """The demo's case: ECE 0.012 against a best of 0.007 (+71%) on ~800 eval tokens."""
+    points = [EvalPoint(10, em=0.0, ce=2.0, acc=0.3, ece=0.02, n=80, tokens=800),
+              EvalPoint(20, em=0.0, ce=1.8, acc=0.35, ece=0.007, n=80, tokens=800),
+              EvalPoint(30, em=0.0, ce=1.7, acc=0.38, ece=0.012, n=80, tokens=800)]
+    assert summarize(points)["calibration_drift"] is False
+    risen = [*points[:2], EvalPoint(30, em=0.0, ce=1.7, acc=0.38, ece=0.05, n=80, tokens=800)]
+    assert summarize(risen)["calibration_drift"] is True  # +0.043: beyond the noise
+
+
+def test_drift_floor_is_twice_the_noise_of_a_calibrated_models_ece_difference():
+    """Reference: Monte Carlo ECE of a perfectly calibrated model, in float64 numpy."""
+    from trainspect.eval.trends import DRIFT_FLOOR, drift_floor
+
+    rng = np.random.default_rng(0)
+    for n in (400, 800, 3000):
+        conf = rng.uniform(0.1, 1.0, size=(4000, n))
+        correct = rng.random((4000, n)) < conf  # calibrated: P(correct) = confidence
+        bins = np.minimum((conf * 10).astype(int), 9)
+        ece = np.zeros(4000)
+        for b in range(10):
+            inside = bins == b
+            ece += np.abs(((correct - conf) * inside).sum(axis=1))
+        ece /= n
+        sd_diff = np.std(ece[::2] - ece[1::2])
+        floor = drift_floor(n)
+        assert floor >= max(DRIFT_FLOOR, 2 * sd_diff)  # a bound, never below the noise
+        assert floor <= max(DRIFT_FLOOR, 2.5 * sd_diff)  # and not far above it
+        assert np.mean(ece[::2] - ece[1::2] > floor) < 0.05  # two evals rarely differ more
+    assert drift_floor(math.nan) == 2 * DRIFT_FLOOR
+
+
+def test_em_stuck_at_zero_while_ce_and_accuracy_improve_is_not_a_plateau():
+    points = [EvalPoint(s, em=0.0, ce=ce, acc=acc, ece=0.05, n=80, ce_se=0.02, acc_se=0.01)
+              for s, ce, acc in [(10, 2.4, 0.20), (20, 2.1, 0.26), (30, 1.9, 0.31),
+                                 (40, 1.7, 0.35)]]
+    summary = summarize(points)
+    assert summary["trend"]["em"] == "plateau" and summary["trend"]["ce"] == "improving"
+    assert summary["plateau"] is False
+    flat = [EvalPoint(s, em=0.0, ce=1.7, acc=0.35, ece=0.05, n=80, ce_se=0.02, acc_se=0.01)
+            for s in (10, 20, 30, 40)]
+    assert summarize(flat)["plateau"] is True  # nothing moves: that is a plateau
+
+
 def plant(run, steps, ems, ces, eces, n=100.0):
     now = time.time()
     for step, em, ce, ece in zip(steps, ems, ces, eces):
         run.emit(*(Scalar(f"eval/{k}", step, v, now) for k, v in
-                   {"em": em, "ce": ce, "acc": 0.5, "ece": ece, "n": n}.items()))
+                   {"em": em, "ce": ce, "acc": 0.5, "ece": ece, "n": n,
+                    "tokens": 100 * n}.items()))
 
 
 def test_eval_summary_reads_a_planted_run_from_the_store(runs):
@@ -154,8 +200,9 @@ def test_alerts_fire_when_a_condition_starts_and_clear_when_it_ends():
     from trainspect.eval.state import EvalHistory, transition_alerts
 
     def summary(trend_em: str, drift: bool) -> dict:
-        return {"em": 0.5, "ece": 0.2, "ece_best": 0.1, "ece_drift": 1.0,
+        return {"em": 0.5, "ce": 1.0, "ece": 0.2, "ece_best": 0.1, "ece_drift": 1.0,
                 "calibration_drift": drift, "evals_since_best": 2,
+                "plateau": trend_em == "plateau",
                 "trend": {"em": trend_em},
                 "best": {"em": 0.6, "checkpoint": "checkpoint-9"}}
 
@@ -174,6 +221,7 @@ def test_alerts_fire_when_a_condition_starts_and_clear_when_it_ends():
         ("eval_plateau", "fired")}
     plateau = next(a for a in changed if a.rule == "eval_plateau")
     assert "'reasoning' prompts (25% EM)" in plateau.action
+    assert plateau.level == "info"  # a decision point, not a fault
 
 
 def test_the_read_side_does_not_import_torch():

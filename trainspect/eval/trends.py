@@ -19,9 +19,15 @@ The rules, in full:
   "regressing" when it is that far in the bad direction, else "plateau"; stored as
   +1 / 0 / -1 (`eval/trend/em`). A change smaller than the eval's own sampling noise
   is a plateau: with 80 examples EM must move by several points per eval to count.
+- Plateau: the EM trend is "plateau" and neither the CE nor the token-accuracy trend is
+  "improving". EM moves in whole examples: on a small model it can sit at 0% for many
+  evals while CE and accuracy improve steadily, and that is learning, not a plateau.
 - Calibration drift: ECE more than `DRIFT_RATIO` (20%) above the best (lowest) ECE so
-  far and at least `DRIFT_FLOOR` above it in absolute terms (tiny ECEs are noise).
-  `eval/ece_drift` stores the relative rise (0.35 = 35% above the best).
+  far and more than `drift_floor(tokens)` above it in absolute terms: a relative change
+  of a near-zero ECE is not drift. The floor is twice the standard deviation of the
+  difference of two ECE estimates on the eval's supervised tokens (see `drift_floor`),
+  never below `DRIFT_FLOOR`. `eval/ece_drift` stores the relative rise (0.35 = 35%
+  above the best).
 - Train/eval gap: the eval CE minus the latest training CE at or before the eval step
   (`text/ce`, else `loss`, else `train/loss`).
 """
@@ -41,12 +47,12 @@ TREND_WINDOW = 4  # evals the slope is fitted over
 MIN_TREND_POINTS = 3  # fewer evals than this: no trend yet
 TREND_Z = 2.0  # slopes within this many standard errors of 0 are a plateau
 DRIFT_RATIO = 0.20  # ECE this far above its best is calibration drift ...
-DRIFT_FLOOR = 0.005  # ... if also this far above it in absolute terms
+DRIFT_FLOOR = 0.01  # ... if also at least this far above it in absolute terms (see drift_floor)
 TREND_VALUE = {"improving": 1, "plateau": 0, "regressing": -1}
 HIGHER_IS_BETTER = {"em": True, "acc": True, "ce": False, "ece": False}
 TREND_METRICS = ("em", "ce", "acc")
 TRAIN_KEYS = ("text/ce", "loss", "train/loss")
-POINT_KEYS = ("em", "ce", "acc", "ece", "n", "em_se", "ce_se", "acc_se")
+POINT_KEYS = ("em", "ce", "acc", "ece", "n", "em_se", "ce_se", "acc_se", "tokens")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class EvalPoint:
     ce_se: float = math.nan
     acc_se: float = math.nan
     checkpoint: str | None = None
+    tokens: float = math.nan  # supervised tokens the ECE was measured on
+
 
     def se(self, metric: str) -> float:
         if metric == "em" and not math.isfinite(self.em_se) and self.n > 0:
@@ -97,6 +105,23 @@ def trend(values: Sequence[float], ses: Sequence[float], higher_is_better: bool 
     if b < -z * slope_se:
         return "regressing"
     return "plateau"
+
+
+def drift_floor(tokens: float) -> float:
+    """The smallest ECE rise that is more than sampling noise on `tokens` eval tokens.
+
+    ECE = sum_b |S_b| / n with S_b = sum over bin b of (correct - confidence). For a
+    calibrated model each correct is Bernoulli(confidence), so Var(S_b) <= n_b / 4 and
+    Var|S_b| = (1 - 2/pi) Var(S_b): the ECE's standard deviation is at most
+    sqrt(1 - 2/pi) * 0.5 / sqrt(n) = 0.30 / sqrt(n). The difference of two evals has
+    sqrt(2) times that; a rise counts when it is over twice that standard deviation
+    (0.85 / sqrt(n): 0.030 on 800 tokens, 0.0085 on 10,000) and at least DRIFT_FLOOR.
+    Unknown `tokens` (an old run) gives 2 x DRIFT_FLOOR.
+    """
+    if not (tokens > 0):
+        return 2 * DRIFT_FLOOR
+    sd = math.sqrt(1.0 - 2.0 / math.pi) * 0.5 / math.sqrt(tokens)
+    return max(DRIFT_FLOOR, 2.0 * math.sqrt(2.0) * sd)
 
 
 def best_point(points: Sequence[EvalPoint], metric: str = "em") -> EvalPoint:
@@ -135,7 +160,10 @@ def summarize(points: Sequence[EvalPoint], metric: str = "em",
     drifting = False
     if math.isfinite(last.ece) and math.isfinite(ece_best):
         drift = (last.ece - ece_best) / ece_best if ece_best > 0 else 0.0
-        drifting = last.ece > ece_best * (1 + DRIFT_RATIO) and last.ece - ece_best > DRIFT_FLOOR
+        drifting = (last.ece > ece_best * (1 + DRIFT_RATIO)
+                    and last.ece - ece_best > drift_floor(last.tokens))
+    plateau = (trends["em"] == "plateau" and trends["ce"] != "improving"
+               and trends["acc"] != "improving")
     gap = None
     if train is not None and math.isfinite(last.ce) and math.isfinite(train[1]):
         gap = last.ce - train[1]
@@ -149,6 +177,7 @@ def summarize(points: Sequence[EvalPoint], metric: str = "em",
                  **{k: _finite(getattr(best, k)) for k in ("em", "ce", "acc", "ece")}},
         "evals_since_best": since,
         "trend": trends,
+        "plateau": plateau,
         "ece_best": _finite(ece_best),
         "ece_drift": _finite(drift),
         "calibration_drift": drifting,
@@ -214,7 +243,7 @@ def eval_summary(view: Any, name: str = "eval", metric: str = "em") -> dict[str,
     """Everything the doctor and the dashboard say about a run's fixed eval, from its store.
 
     Keys: evals, step, checkpoint, em, ce, acc, ece, n, best {step, checkpoint, em, ...},
-    best_by, evals_since_best, trend {em, ce, acc}, ece_best, ece_drift,
+    best_by, evals_since_best, trend {em, ce, acc}, plateau, ece_best, ece_drift,
     calibration_drift, train_key, train_gap, patterns {name: {em, n}}, weakest_pattern.
     `{"evals": 0}` when the run has no evaluation.
     """
