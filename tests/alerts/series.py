@@ -120,8 +120,13 @@ def _grad_explosion(s: int, m: Metrics) -> None:
 
 
 def _eval_plateau(s: int, m: Metrics) -> None:
-    if "eval/em" in m and s >= 99:
+    if s >= 49:  # training has converged: the train CE stops falling too
+        m["loss"] = 1.3 + 0.01 * math.sin(s)
+        if "text/ce" in m:
+            m["text/ce"] = 1.25 + 0.01 * math.sin(s)
+    if "eval/em" in m and s >= 99:  # EM and CE alike stop moving
         m["eval/em"] = {99: 0.71, 149: 0.712, 199: 0.709, 249: 0.711, 299: 0.71}[s]
+        m["eval/ce"] = {99: 1.62, 149: 1.61, 199: 1.615, 249: 1.612, 299: 1.613}[s]
 
 
 def _eval_regression(s: int, m: Metrics) -> None:

@@ -313,3 +313,21 @@ def test_nan_values_in_windows_do_not_break_other_rules():
 
     ids = rule_ids(run_engine(holes))
     assert ids == {"nonfinite"}  # the NaN gradient norms themselves, nothing spurious
+
+
+def test_eval_plateau_needs_ce_flat_too_and_ignores_an_em_that_never_left_zero():
+    """Issue: EM stuck at 0 while eval CE falls was called a plateau."""
+    engine = AlertEngine(default_rules(), console=False)
+    out = []
+    for i, ce in enumerate([2.4, 2.1, 1.9, 1.7, 1.55, 1.45]):
+        out += engine.feed(i * 10, {"eval/em": 0.0, "eval/ce": ce})
+    assert [a.rule for a in out] == []
+    for i, ce in enumerate([1.45, 1.45, 1.45, 1.45], start=6):  # now CE stops too
+        out += engine.feed(i * 10, {"eval/em": 0.0, "eval/ce": ce})
+    assert [(a.rule, a.step, a.level) for a in out] == [("plateau:eval/ce", 80, "info")]
+    # EM that moved is judged, but not while CE still falls
+    engine = AlertEngine(default_rules(), console=False)
+    out = []
+    for i, (em, ce) in enumerate([(0.1, 2.0), (0.3, 1.8), (0.3, 1.6), (0.3, 1.4), (0.3, 1.2)]):
+        out += engine.feed(i * 10, {"eval/em": em, "eval/ce": ce})
+    assert out == []
