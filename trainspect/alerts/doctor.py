@@ -285,17 +285,24 @@ def _format_weakest(w: dict[str, Any]) -> list[str]:
                                               for c in w["codebooks"][:5]))
     layers = w.get("layers") or {}
     if layers.get("most"):
-        rows.append("  LoRA       adapting most: " + ", ".join(
-            f"{x['layer']} ({num(x['delta'])})" for x in layers["most"])
-            + "; least: " + ", ".join(f"{x['layer']} ({num(x['delta'])})"
-                                      for x in layers["least"]))
+        rows.append("  LoRA       " + _ends_text("adapting most", "least", layers["most"],
+                                                  layers.get("least"), "delta"))
     grads = w.get("grad_layers") or {}
     if grads.get("largest"):
-        rows.append("  gradients  largest: " + ", ".join(
-            f"{x['layer']} ({num(x['norm'])})" for x in grads["largest"])
-            + "; smallest: " + ", ".join(f"{x['layer']} ({num(x['norm'])})"
-                                         for x in grads["smallest"]))
+        rows.append("  gradients  " + _ends_text("largest", "smallest", grads["largest"],
+                                                  grads.get("smallest"), "norm"))
     return ["", "weakest:", *rows] if rows else []
+
+
+def _ends_text(top_word: str, bottom_word: str, top: list[dict], bottom: list[dict] | None,
+               value: str) -> str:
+    """'largest: a (1), b (0.5); smallest: c (0.1)', without an empty bottom list (with
+    few layers every one of them is already in the top list)."""
+    def items(rows: list[dict]) -> str:
+        return ", ".join(f"{x['layer']} ({num(x[value])})" for x in rows)
+
+    text = f"{top_word}: {items(top)}"
+    return text + (f"; {bottom_word}: {items(bottom)}" if bottom else "")
 
 
 def _t(t: float) -> str:
