@@ -19,12 +19,20 @@ The rules, in full:
   "regressing" when it is that far in the bad direction, else "plateau"; stored as
   +1 / 0 / -1 (`eval/trend/em`). A change smaller than the eval's own sampling noise
   is a plateau: with 80 examples EM must move by several points per eval to count.
-- Plateau: the EM trend is "plateau" and neither the CE nor the token-accuracy trend is
-  "improving". EM moves in whole examples: on a small model it can sit at 0% for many
-  evals while CE and accuracy improve steadily, and that is learning, not a plateau.
+- CE still improving: its trend is "improving", or the best CE of the last
+  `RECENT_EVALS` evals is more than `CE_MIN_GAIN` (1%) below the best before them. The
+  slope test above treats each eval as a fresh sample of examples, but a fixed eval
+  scores the same examples every time, so a steady fall smaller than the per-example
+  spread is still real: the gain over the best is the second, direct test.
+- Plateau: the EM trend is "plateau", the token-accuracy trend is not "improving" and
+  CE is not still improving. EM moves in whole examples: on a small model it can sit
+  at 0% for many evals while CE and accuracy improve steadily, and that is learning,
+  not a plateau.
 - Calibration drift: ECE more than `DRIFT_RATIO` (20%) above the best (lowest) ECE so
-  far and more than `drift_floor(tokens)` above it in absolute terms: a relative change
-  of a near-zero ECE is not drift. The floor is twice the standard deviation of the
+  far, more than `drift_floor(tokens)` above it in absolute terms (a relative change
+  of a near-zero ECE is not drift), while CE is not still improving: CE is a proper
+  scoring rule that already charges for miscalibration, so an ECE that rises while CE
+  falls is the model sharpening faster than it gets right, not a reason to stop. The floor is twice the standard deviation of the
   difference of two ECE estimates on the eval's supervised tokens (see `drift_floor`),
   never below `DRIFT_FLOOR`. `eval/ece_drift` stores the relative rise (0.35 = 35%
   above the best).
@@ -48,6 +56,8 @@ MIN_TREND_POINTS = 3  # fewer evals than this: no trend yet
 TREND_Z = 2.0  # slopes within this many standard errors of 0 are a plateau
 DRIFT_RATIO = 0.20  # ECE this far above its best is calibration drift ...
 DRIFT_FLOOR = 0.01  # ... if also at least this far above it in absolute terms (see drift_floor)
+RECENT_EVALS = 3  # evals whose best is compared with the best before them
+CE_MIN_GAIN = 0.01  # CE more than this share below the earlier best is still improving
 TREND_VALUE = {"improving": 1, "plateau": 0, "regressing": -1}
 HIGHER_IS_BETTER = {"em": True, "acc": True, "ce": False, "ece": False}
 TREND_METRICS = ("em", "ce", "acc")
@@ -107,6 +117,19 @@ def trend(values: Sequence[float], ses: Sequence[float], higher_is_better: bool 
     return "plateau"
 
 
+def gained(values: Sequence[float], higher_is_better: bool, recent: int = RECENT_EVALS,
+           min_gain: float = CE_MIN_GAIN) -> bool:
+    """Whether the best of the last `recent` values beats the best before them by more
+    than `min_gain` of its size (False with too few finite values)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) <= recent:
+        return False
+    before, last = finite[:-recent], finite[-recent:]
+    if higher_is_better:
+        return max(last) > max(before) + min_gain * abs(max(before))
+    return min(last) < min(before) - min_gain * abs(min(before))
+
+
 def drift_floor(tokens: float) -> float:
     """The smallest ECE rise that is more than sampling noise on `tokens` eval tokens.
 
@@ -162,8 +185,9 @@ def summarize(points: Sequence[EvalPoint], metric: str = "em",
         drift = (last.ece - ece_best) / ece_best if ece_best > 0 else 0.0
         drifting = (last.ece > ece_best * (1 + DRIFT_RATIO)
                     and last.ece - ece_best > drift_floor(last.tokens))
-    plateau = (trends["em"] == "plateau" and trends["ce"] != "improving"
-               and trends["acc"] != "improving")
+    ce_improving = trends["ce"] == "improving" or gained([p.ce for p in points], False)
+    plateau = trends["em"] == "plateau" and trends["acc"] != "improving" and not ce_improving
+    drifting = drifting and not ce_improving
     gap = None
     if train is not None and math.isfinite(last.ce) and math.isfinite(train[1]):
         gap = last.ce - train[1]

@@ -13,6 +13,7 @@ import numpy as np
 from trainspect.alerts.rule import HOLD, CheckResult, Context, Finding, Rule
 from trainspect.alerts.rules.common import LOSS_KEYS, main_loss, median
 from trainspect.alerts.stats import finite, num
+from trainspect.eval.trends import CE_MIN_GAIN, RECENT_EVALS
 
 HIGHER_IS_BETTER = {"eval/em": True, "eval/ce": False}
 
@@ -48,10 +49,10 @@ class EvalPlateau(Rule):
     keys = ("eval/em", "eval/ce")
     history = 256
     covered_by = {"*": ("eval_plateau",)}
-    patience = 3  # evals without improvement
+    patience = RECENT_EVALS  # evals without improvement
     clear_after = 1
     em_delta = 0.005  # EM must rise by more than this (absolute) to count as improvement
-    ce_rel_delta = 0.01  # CE must fall by more than this share to count
+    ce_rel_delta = CE_MIN_GAIN  # CE must fall by more than this share to count
     action = ""
 
     def check(self, ctx: Context) -> CheckResult:
