@@ -64,36 +64,39 @@ def test_best_checkpoint_by_em_then_ce_then_earliest():
 
 
 def test_summary_drift_and_gap():
-    points = [EvalPoint(10, em=0.5, ce=1.2, acc=0.6, ece=0.10, n=100, ce_se=0.05),
+    points = [EvalPoint(5, em=0.4, ce=1.1, acc=0.5, ece=0.02, n=100, ce_se=0.05),  # burn-in:
+              EvalPoint(8, em=0.45, ce=1.1, acc=0.55, ece=0.03, n=100, ce_se=0.05),  # no base
+              EvalPoint(10, em=0.5, ce=1.2, acc=0.6, ece=0.10, n=100, ce_se=0.05),
               EvalPoint(20, em=0.6, ce=1.1, acc=0.6, ece=0.08, n=100, ce_se=0.05),
               EvalPoint(30, em=0.6, ce=1.15, acc=0.6, ece=0.11, n=100, ce_se=0.05,
                         checkpoint="ck30")]
     summary = summarize(points, train=("text/ce", 0.7))
-    assert summary["ece_best"] == 0.08
+    assert summary["ece_best"] == 0.08  # not 0.02: the first two evals are the burn-in
     assert summary["ece_drift"] == pytest.approx(0.375)
-    assert summary["calibration_drift"] is True  # 37.5% > 20% and 0.03 > 0.005
+    assert summary["calibration_drift"] is True  # 37.5% > 20% and 0.03 > 0.02 (noise)
     assert summary["train_gap"] == pytest.approx(0.45) and summary["train_key"] == "text/ce"
     assert summary["best"] == {"step": 20, "checkpoint": "step 20", "em": 0.6, "ce": 1.1,
                                "acc": 0.6, "ece": 0.08}
     assert summary["evals_since_best"] == 1 and summary["checkpoint"] == "ck30"
-    tiny = [EvalPoint(1, em=0.5, ce=1, acc=0.5, ece=0.001, n=100),
-            EvalPoint(2, em=0.5, ce=1, acc=0.5, ece=0.002, n=100)]
+    tiny = [EvalPoint(i, em=0.5, ce=1, acc=0.5, ece=e, n=100)
+            for i, e in enumerate((0.001, 0.001, 0.001, 0.002))]
     assert summarize(tiny)["calibration_drift"] is False  # +100%, but 0.001 absolute: noise
 
 
 def test_a_near_zero_best_ece_does_not_make_noise_drift():
     """The demo's case: ECE 0.012 against a best of 0.007 (+71%) on ~800 eval tokens."""
-    points = [EvalPoint(10, em=0.0, ce=1.7, acc=0.3, ece=0.02, n=80, tokens=800, ce_se=0.1),
-              EvalPoint(20, em=0.0, ce=1.7, acc=0.35, ece=0.007, n=80, tokens=800, ce_se=0.1),
-              EvalPoint(30, em=0.0, ce=1.7, acc=0.38, ece=0.012, n=80, tokens=800, ce_se=0.1)]
+    points = [EvalPoint(s, em=0.0, ce=1.7, acc=0.3, ece=e, n=80, tokens=800, ce_se=0.1)
+              for s, e in ((5, 0.1), (8, 0.05), (10, 0.02), (20, 0.007), (30, 0.012))]
     assert summarize(points)["calibration_drift"] is False
-    risen = [*points[:2], EvalPoint(30, em=0.0, ce=1.7, acc=0.38, ece=0.05, n=80, tokens=800,
+    risen = [*points[:4], EvalPoint(30, em=0.0, ce=1.7, acc=0.38, ece=0.05, n=80, tokens=800,
                                     ce_se=0.1)]
     assert summarize(risen)["calibration_drift"] is True  # +0.043: beyond the noise
     # the same rise while CE keeps falling: the model sharpens as it learns, no drift
     falling = [EvalPoint(p.step, em=0.0, ce=ce, acc=p.acc, ece=p.ece, n=80, tokens=800,
-                         ce_se=0.01) for p, ce in zip(risen, (2.0, 1.8, 1.6))]
+                         ce_se=0.01) for p, ce in zip(risen, (2.4, 2.2, 2.0, 1.8, 1.6))]
     assert summarize(falling)["calibration_drift"] is False
+    # and never on the second eval, against an untrained model's ECE
+    assert summarize(risen[:2])["calibration_drift"] is False
 
 
 def test_drift_floor_is_twice_the_noise_of_a_calibrated_models_ece_difference():

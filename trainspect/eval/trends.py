@@ -28,14 +28,15 @@ The rules, in full:
   CE is not still improving. EM moves in whole examples: on a small model it can sit
   at 0% for many evals while CE and accuracy improve steadily, and that is learning,
   not a plateau.
-- Calibration drift: ECE more than `DRIFT_RATIO` (20%) above the best (lowest) ECE so
-  far, more than `drift_floor(tokens)` above it in absolute terms (a relative change
+- Calibration drift: ECE more than `DRIFT_RATIO` (20%) above the best (lowest) ECE
+  after the first `DRIFT_BURN_IN` evals (a model that barely predicts is trivially
+  calibrated, so its early ECE is no baseline), more than `drift_floor(tokens)` above it in absolute terms (a relative change
   of a near-zero ECE is not drift), while CE is not still improving: CE is a proper
   scoring rule that already charges for miscalibration, so an ECE that rises while CE
-  falls is the model sharpening faster than it gets right, not a reason to stop. The floor is twice the standard deviation of the
-  difference of two ECE estimates on the eval's supervised tokens (see `drift_floor`),
-  never below `DRIFT_FLOOR`. `eval/ece_drift` stores the relative rise (0.35 = 35%
-  above the best).
+  falls is the model sharpening faster than it gets right, not a reason to stop. The
+  floor is twice the standard deviation of the difference of two ECE estimates on the
+  eval's supervised tokens (see `drift_floor`), never below `DRIFT_FLOOR`.
+  `eval/ece_drift` stores the relative rise (0.35 = 35% above the best).
 - Train/eval gap: the eval CE minus the latest training CE at or before the eval step
   (`text/ce`, else `loss`, else `train/loss`).
 """
@@ -55,6 +56,7 @@ TREND_WINDOW = 4  # evals the slope is fitted over
 MIN_TREND_POINTS = 3  # fewer evals than this: no trend yet
 TREND_Z = 2.0  # slopes within this many standard errors of 0 are a plateau
 DRIFT_RATIO = 0.20  # ECE this far above its best is calibration drift ...
+DRIFT_BURN_IN = 2  # the first evals are not a baseline for calibration (see the doc)
 DRIFT_FLOOR = 0.01  # ... if also at least this far above it in absolute terms (see drift_floor)
 RECENT_EVALS = 3  # evals whose best is compared with the best before them
 CE_MIN_GAIN = 0.01  # CE more than this share below the earlier best is still improving
@@ -119,10 +121,11 @@ def trend(values: Sequence[float], ses: Sequence[float], higher_is_better: bool 
 
 def gained(values: Sequence[float], higher_is_better: bool, recent: int = RECENT_EVALS,
            min_gain: float = CE_MIN_GAIN) -> bool:
-    """Whether the best of the last `recent` values beats the best before them by more
-    than `min_gain` of its size (False with too few finite values)."""
+    """Whether the best of the last `recent` values (all but the first while there are
+    fewer) beats the best before them by more than `min_gain` of its size."""
     finite = [v for v in values if math.isfinite(v)]
-    if len(finite) <= recent:
+    recent = min(recent, len(finite) - 1)  # early on: the evals since the first
+    if recent < 1:
         return False
     before, last = finite[:-recent], finite[-recent:]
     if higher_is_better:
@@ -177,7 +180,7 @@ def summarize(points: Sequence[EvalPoint], metric: str = "em",
     for name in TREND_METRICS:
         trends[name] = trend([getattr(p, name) for p in points], [p.se(name) for p in points],
                              HIGHER_IS_BETTER[name])
-    eces = [p.ece for p in points if math.isfinite(p.ece)]
+    eces = [p.ece for p in points[DRIFT_BURN_IN:] if math.isfinite(p.ece)]
     ece_best = min(eces) if eces else math.nan
     drift = math.nan
     drifting = False
