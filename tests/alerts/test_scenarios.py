@@ -25,7 +25,7 @@ SCENARIOS = {
     "zero_weight_leak": ("zero_weight_leak:feature", "'feature' has weight 0"),
     "loss_sum_gap": ("loss_sum_gap", "differs from the sum of the scaled components"),
     "no_gradient": ("no_gradient", "Broken: no gradient"),
-    "lora_b_zero": ("lora_b_zero", "every LoRA update norm is 0"),
+    "weights_frozen": ("weights_frozen", "no watched weight has moved by step 19"),
     "lr_zero": ("lr_zero", "Broken: lr is exactly 0"),
     "lr_frozen_warmup": ("lr_frozen_warmup", "warmup_steps=20"),
     "throughput_drop": ("throughput_drop", "below its rolling median"),

@@ -51,7 +51,7 @@ def diagnose(view: RunView, replay_rules: str = "auto") -> dict[str, Any]:
     best = best_checkpoint(view, keys)
     trends = [_trend(view, k) for k in headline_keys(keys)]
     weak = weakest(view, keys, latest)
-    actions = _actions(run, alerts["active"], best, trends, weak)
+    actions = _actions(run, alerts["active"], alerts["resolved"], best, trends, weak)
     verdict = _verdict(run, alerts["active"], best, trends)
     if alerts["resolved"]:
         past = alerts["resolved"][0]
@@ -158,8 +158,8 @@ def _importance(row: dict) -> tuple:
             row["step"])
 
 
-def _actions(run: dict, active: list[dict], best: dict | None, trends: list[dict],
-             weak: dict) -> list[dict[str, Any]]:
+def _actions(run: dict, active: list[dict], resolved: list[dict], best: dict | None,
+             trends: list[dict], weak: dict) -> list[dict[str, Any]]:
     actions: list[dict[str, Any]] = []
     if run["status"] == "crashed":
         actions.append({"level": "critical", "rule": "run_state", "text":
@@ -171,15 +171,20 @@ def _actions(run: dict, active: list[dict], best: dict | None, trends: list[dict
         actions.append({"level": "critical", "rule": "run_state",
                         "text": f"The run failed at step {run['step']}: {error}."})
     seen = set()
-    for row in active:
+    # a problem that came and went (a spike, a burst of NaN) still has a cause to find:
+    # ranked with the active ones by level and rule, so a past explosion comes before a
+    # slow window that is still open
+    for row in sorted([*active, *resolved], key=_importance):
         if not row["action"] and row["level"] == "info":
             continue  # a note (a saved checkpoint, the user's remark), not something to do
         text = row["action"] or f"Look into: {row['message']}"
         if text in seen:
             continue
         seen.add(text)
+        because = row["message"] + (f" (resolved at step {row['cleared_step']})"
+                                    if "cleared_step" in row else "")
         actions.append({"level": row["level"], "rule": row["rule"], "text": text,
-                        "because": row["message"]})
+                        "because": because})
     patterns = weak.get("patterns") or []
     if len(patterns) >= 2:
         mean = sum(p["em"] for p in patterns) / len(patterns)
@@ -188,7 +193,8 @@ def _actions(run: dict, active: list[dict], best: dict | None, trends: list[dict
             actions.append({"level": "info", "rule": "weakest_pattern", "text":
                             f"Add training data for the '{low['name']}' pattern: eval EM "
                             f"{num(low['em'])} against {num(mean)} on average."})
-    if not any(a["level"] in ("warning", "critical") for a in actions):
+    if not any(a["level"] in ("warning", "critical") and "resolved at step" not in
+               a.get("because", "") for a in actions):
         improving = [t for t in trends if t["verdict"] == "improving"]
         evals = [t for t in trends if t["key"] in ("eval/em", "eval/ce")]
         if improving and not any(t["verdict"] == "stuck" for t in evals):

@@ -1,4 +1,5 @@
-"""Training blowing up: non-finite loss or gradients, loss spikes, gradient explosions."""
+"""Training blowing up: non-finite values, loss spikes and divergence, gradient explosions,
+activations growing towards overflow."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from abc import abstractmethod
 import numpy as np
 
 from trainspect.alerts.rule import HOLD, CheckResult, Context, Finding, Rule
-from trainspect.alerts.rules.common import LOSS_KEYS, main_loss
-from trainspect.alerts.stats import num, robust_z
+from trainspect.alerts.rules.common import LOSS_KEYS, main_loss, median
+from trainspect.alerts.stats import num, pct, robust_z
 
 
 class NonFinite(Rule):
@@ -176,3 +177,104 @@ class GradExplosion(_SpikeRule):
 
     def key(self, ctx: Context) -> str | None:
         return "grad/norm"
+
+
+class LossDivergence(Rule):
+    """The training loss climbs well above the best level it had reached, and stays there.
+
+    Reads the run's main loss (the first of `loss`, `loss/total`, `train/loss`). Its
+    level is the median of the last 10 points (one batch is noisy); the best level is
+    the lowest such median after the first 20 points. Fires when the level has been
+    above the best by more than 25% of it AND by more than 4 standard deviations of a
+    10-point median (1.25 x MAD x 1.4826 / sqrt(10) over the previous 50 points) for 5
+    checks in a row. Healthy training keeps its loss near its best: a level 25% above
+    it means the optimisation went backwards (a learning rate too high, a data or loss
+    change at that step); a spike that comes back is `loss_spike`'s. Warning. Clears
+    after 10 checks back within those bounds.
+    """
+
+    id = "loss_divergence"
+    keys = LOSS_KEYS
+    history = 64
+    fire_after = 5
+    clear_after = 10
+    window = 10  # points in the level's median
+    burn_in = 20  # points before a best level is kept
+    rise = 0.25  # of the best level
+    noise_sd = 4.0  # standard deviations of the level's median
+    action = ("The loss went backwards: if the learning rate was raised or the warmup ended "
+              "here, lower the peak learning rate (2-10x) and clip gradients; if the data or "
+              "the loss changed at this step, look at those batches. Restart from the "
+              "checkpoint before the rise if it does not come back down.")
+
+    def __init__(self) -> None:
+        self._best: tuple[float, int] | None = None
+        self._count = 0
+
+    def check(self, ctx: Context) -> CheckResult:
+        key = main_loss(ctx)
+        if key is None or key not in ctx.new or not math.isfinite(ctx.new[key]):
+            return HOLD
+        self._count += 1
+        recent = ctx.recent(key, 60)
+        level = median(recent[-self.window:])
+        if self._count < self.burn_in or not math.isfinite(level):
+            return None
+        best = self._best
+        if best is None or level < best[0]:
+            self._best = best = (level, ctx.step)
+        earlier = [v for v in recent[:-self.window] if math.isfinite(v)]
+        if len(earlier) < self.window:
+            return None
+        spread = median([abs(v - median(earlier)) for v in earlier]) * 1.4826
+        noise = 1.25 * spread / math.sqrt(self.window)
+        margin = max(self.rise * abs(best[0]), self.noise_sd * noise)
+        if level <= best[0] + margin:
+            return None
+        return Finding(
+            f"{key} has risen to {num(level)} (median of the last {self.window} points at "
+            f"step {ctx.step}) from its best {num(best[0])} at step {best[1]}: "
+            f"{pct(level / best[0] - 1) if best[0] > 0 else 'far'} above it")
+
+
+class ActivationGrowth(Rule):
+    """A module's activations grow by orders of magnitude: overflow is coming.
+
+    Per module, `hidden/<module>/absmax` (the largest |activation| in the window)
+    against the median of its previous 5 finite points (at least 3). Fires when it is
+    10x that median or more. Trained activations drift by small factors between
+    windows; 10x in one window is exponential growth (a learning rate too high, an
+    unnormalised residual, a scale that compounds), which overflows bf16 or fp16 next
+    and then turns non-finite (that is `nonfinite`'s). Names the module; the first
+    module to grow is where to look. Warning; clears after 3 windows without it.
+    """
+
+    id = "activation_growth"
+    keys = ("hidden/*/absmax",)
+    history = 8
+    window = 5
+    min_points = 3
+    growth = 10.0
+    action = ("Activations are blowing up in this module: lower the learning rate, clip "
+              "gradients (max_norm=1.0), and check the module's scale and normalisation "
+              "(a missing norm, a residual or attention logits that compound); in fp16 or "
+              "bf16 it will overflow to inf next.")
+
+    def check(self, ctx: Context) -> CheckResult:
+        out: dict[str, Finding | None] = {}
+        for key in ctx.new:
+            if not (key.startswith("hidden/") and key.endswith("/absmax")):
+                continue
+            module = key[len("hidden/"):-len("/absmax")]
+            x = ctx.new[key]
+            previous = [v for v in ctx.recent(key, self.window + 1)[:-1] if math.isfinite(v)]
+            if not math.isfinite(x) or len(previous) < self.min_points:
+                out[module] = None
+                continue
+            base = median(previous)
+            out[module] = Finding(
+                f"the largest activation of {module} is {num(x)} in the window ending at step "
+                f"{ctx.step}, {num(x / base)}x the median {num(base)} of its previous "
+                f"{len(previous)} windows", subject=module) if base > 0 and \
+                x >= self.growth * base else None
+        return out or HOLD

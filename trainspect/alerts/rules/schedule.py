@@ -83,3 +83,49 @@ class LrFrozenWarmup(Rule):
         return Finding(f"{key} has stayed at {num(inside[0])} for {inside.size} points "
                        f"(steps {int(steps[steps >= 1][0])}-{ctx.step}) although "
                        f"warmup_steps={warmup} is configured: the warmup is not ramping")
+
+
+# Names loops use when they log a GradScaler's scale (scaler.get_scale()).
+LOSS_SCALE_KEYS = ("loss_scale", "train/loss_scale", "amp/loss_scale", "grad_scale",
+                   "scaler/scale")
+
+
+class LossScaleCollapse(Rule):
+    """The fp16 loss scale keeps halving: nearly every step overflows and is skipped.
+
+    Reads a logged GradScaler scale (`loss_scale`, `train/loss_scale`, `amp/loss_scale`,
+    `grad_scale`, `scaler/scale`). A GradScaler halves its scale at each step whose
+    gradients overflow (and skips that step) and doubles it after 2,000 clean steps:
+    a healthy run settles within a few halvings of its initial 2^16. Fires (critical)
+    when the scale has fallen 256x (8 halvings) below its maximum over its last 20
+    points, or below 1. Clears when it is back within 16x of that maximum.
+    """
+
+    id = "loss_scale_collapse"
+    level = "critical"
+    keys = LOSS_SCALE_KEYS
+    history = 24
+    window = 20
+    collapse = 256.0  # fall from the recent maximum
+    recover = 16.0
+    action = ("Mixed-precision overflow on every step: the scaler skips them, so nothing "
+              "trains. Train in bf16 instead of fp16 if the hardware has it; otherwise find "
+              "the op that overflows (hidden/*/absmax, the first non-finite module), keep "
+              "it in fp32 (autocast exclusions, an fp32 softmax or norm), and lower the "
+              "learning rate.")
+
+    def check(self, ctx: Context) -> CheckResult:
+        key = next((k for k in LOSS_SCALE_KEYS if k in ctx.new), None)
+        if key is None:
+            return HOLD
+        values = [v for v in ctx.recent(key, self.window) if v == v]
+        scale = ctx.new[key]
+        top = max(values) if values else scale
+        if not (scale > 0) or not (top > 0):
+            return None
+        limit = self.recover if ctx.active() else self.collapse
+        if top / scale < limit and scale >= 1.0:
+            return None
+        return Finding(f"{key} fell to {num(scale)} at step {ctx.step}, {num(top / scale)}x "
+                       f"below its maximum {num(top)} over the last {len(values)} points: "
+                       "the optimizer step is being skipped for overflow")

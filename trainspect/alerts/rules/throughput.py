@@ -14,13 +14,16 @@ class ThroughputDrop(Rule):
 
     The reference is the median of the previous 50 points (at least 10). Fires
     (warning) after 3 consecutive points below 0.6x the reference, so one slow step
-    (a checkpoint save, an eval) does not alarm. While fired the reference is frozen
-    at its value when the drop began (else the slow points would become the new
-    normal); it clears after 3 points back at >= 0.8x it.
+    (a checkpoint save) does not alarm. A window that holds a fixed eval (`eval/em` or
+    any `<name>/em_se` logged inside it) is not judged: tokens per second are over the
+    window's wall time, and the eval's pause is not training time. While fired the
+    reference is frozen at its value when the drop began (else the slow points would
+    become the new normal); it clears after 3 points back at >= 0.8x it.
     """
 
     id = "throughput_drop"
-    keys = ("speed/tokens_per_s",)
+    keys = ("speed/tokens_per_s", "eval/em", "*/em_se")
+    triggers = ("speed/tokens_per_s",)
     history = 64
     window = 50
     min_points = 10
@@ -37,7 +40,7 @@ class ThroughputDrop(Rule):
 
     def check(self, ctx: Context) -> CheckResult:
         x = ctx.new["speed/tokens_per_s"]
-        if not math.isfinite(x):
+        if not math.isfinite(x) or self._evaluated(ctx):
             return HOLD
         if self._reference is None:
             previous = ctx.recent("speed/tokens_per_s", self.window + 1)[:-1]
@@ -63,6 +66,16 @@ class ThroughputDrop(Rule):
             return Finding(self._message(ctx, x, reference, ratio))
         self._reference = None
         return None
+
+    def _evaluated(self, ctx: Context) -> bool:
+        """Whether an eval was logged after the previous throughput point, up to now."""
+        steps = ctx.tail("speed/tokens_per_s", 2)[0]
+        since = int(steps[0]) if steps.size == 2 else -1
+        for key in ("eval/em", *ctx.keys("*/em_se")):
+            h = ctx.history(key)
+            if h is not None and h.last_step is not None and since < h.last_step <= ctx.step:
+                return True
+        return False
 
     def _message(self, ctx: Context, x: float, reference: float, ratio: float) -> str:
         return (f"speed/tokens_per_s {num(x)} at step {ctx.step} is {pct(1 - ratio)} below "
