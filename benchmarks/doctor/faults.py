@@ -300,16 +300,14 @@ class ScheduleEndsEarly(Fault):
         return lr * 1e-4 if loop.step >= 80 else lr  # total steps set to 80: decayed to ~0
 
 
-class WrongAnswersFromStep(Fault):
-    def build(self, loop: Loop) -> None:
-        rows = loop.rows
-        wrong = [replace(r, response=rows[(i + 7) % len(rows)].response)
-                 for i, r in enumerate(rows)]
-        loop.cache["wrong"] = batches(wrong, loop.tokenizer, loop.setup.batch,
-                                      loop.setup.max_len * 3, loop.setup.seed + 1)
+class ReversedAnswersFromStep(Fault):
+    def build(self, loop: Loop) -> None:  # a second dataset mixed in: answers written backwards
+        rows = [replace(r, response=r.response[::-1]) for r in loop.rows]
+        loop.cache["reversed"] = batches(rows, loop.tokenizer, loop.setup.batch,
+                                         loop.setup.max_len * 2, loop.setup.seed + 1)
 
     def batch(self, loop: Loop, batch: Batch) -> Batch:
-        return next(loop.cache["wrong"]) if loop.step >= 100 else batch
+        return next(loop.cache["reversed"]) if loop.step >= 100 else batch
 
 
 class TinyDataFromStep(Fault):
@@ -330,17 +328,18 @@ class TrainedAtTemperature(Fault):
 # ---- drafts ----------------------------------------------------------------------------------
 
 
-class DraftFeaturesZeroed(Fault):
+class DraftLastPositionBlind(Fault):
     def build(self, loop: Loop) -> None:
         head = loop.draft
         original = head.forward
+        last = len(head.blocks) - 1
 
-        def forward(hidden, lm_head):
+        def forward(hidden, lm_head):  # from step 60 the last position reads zeros
             if loop.step < 60:
                 return original(hidden, lm_head)
-            outs = [lm_head((hidden if p == 0 else hidden * 0)
-                            + torch.nn.functional.silu(block(hidden if p == 0 else hidden * 0)))
-                    for p, block in enumerate(head.blocks)]
+            outs = [lm_head(h + torch.nn.functional.silu(block(h)))
+                    for p, block in enumerate(head.blocks)
+                    for h in [hidden if p < last else torch.zeros_like(hidden)]]
             return torch.stack(outs, dim=2)
 
         head.forward = forward
@@ -351,7 +350,7 @@ class DraftTargetsNotAdvanced(Fault):
         b, t = batch.input_ids.shape
         out = torch.full((b, t, loop.setup.draft), IGNORE_INDEX, dtype=torch.long)
         for p in range(loop.setup.draft):
-            out[:, : t - 2, p] = batch.labels[:, 2:]  # forgot the + p
+            out[:, : t - 1, p] = batch.labels[:, 1:]  # forgot the + p
         return out
 
 
@@ -363,14 +362,15 @@ NOT_MOVING = ("weights_frozen", "lora.b_zero", "lora_b_zero", "no_gradient", "gr
 
 FAULTS: tuple[Case, ...] = (
     Case("lr_too_high", "optimisation", "dev", "numeric", 80,
-         ("loss_divergence", "loss_spike", "grad_explosion", *NAN), ("learning rate",),
+         ("loss_divergence", "loss_spike", "grad_explosion", "activation_growth", *NAN),
+         ("learning rate",),
          "the learning rate multiplied by 30 from step 80", LrTooHigh),
     Case("lr_stuck_at_zero", "optimisation", "held", "data", 0,
          ("lr_zero", "lr_frozen_warmup"), ("scheduler", "learning rate"),
          "warmup written as base_lr * min(1, step // warmup): the LR is 0", LrWarmupIntegerDivision,
          config={"warmup_steps": 500}),
     Case("grad_accum_not_scaled", "optimisation", "dev", "data", 0,
-         ("loss_sum_gap", "losses.sum_gap"), ("accumulat",),
+         ("loss_total_scaled", "loss_sum_gap", "losses.sum_gap"), ("accumulat",),
          "2 micro-batches per step, the loss not divided by 2", GradAccumNotScaled,
          setup=Setup(accum=2, batch=4, steps=120)),
     Case("gradient_explosion", "optimisation", "held", "numeric", 120,
@@ -441,17 +441,19 @@ FAULTS: tuple[Case, ...] = (
          ("stop", "checkpoint"), "the schedule's total steps set to 80: LR ~0 after",
          ScheduleEndsEarly),
     Case("eval_regression", "eval", "held", "other", 100,
-         ("regression", "eval_regressing", "overfitting"), ("checkpoint",),
-         "from step 100 the answers in the data are another row's", WrongAnswersFromStep),
+         ("regression", "eval_regressing", "overfitting", "loss_divergence"),
+         ("checkpoint", "data"),
+         "from step 100 the data's answers are written backwards", ReversedAnswersFromStep),
     Case("overfitting", "eval", "dev", "other", 60,
          ("overfitting", "regression", "eval_regressing"), ("checkpoint", "data"),
          "from step 60 the data is 16 rows", TinyDataFromStep),
     Case("calibration_drift", "eval", "held", "other", 100,
-         ("calibration_drift", "eval_calibration_drift"), ("confiden", "calibrat"),
+         ("calibration_drift", "eval_calibration_drift", "loss_divergence"),
+         ("confiden", "calibrat", "loss changed"),
          "the loss computed at temperature 3 from step 100", TrainedAtTemperature),
     Case("draft_positions_collapse", "drafts", "dev", "other", 60, ("draft_collapse",),
-         ("position",), "draft positions 1-2 lose their input features at step 60",
-         DraftFeaturesZeroed, setup=DRAFT),
+         ("position",), "the last draft position reads zeros instead of features from step 60",
+         DraftLastPositionBlind, setup=DRAFT),
     Case("draft_targets_not_advanced", "drafts", "held", "data", 0, ("label_alignment",),
          ("offset", "shift"), "every draft position gets the targets of position 0",
          DraftTargetsNotAdvanced, setup=DRAFT),

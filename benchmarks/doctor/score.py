@@ -134,7 +134,12 @@ def totals_text(name: str, t: dict[str, Any]) -> str:
     lead = t["median_lead_windows"]
     return (f"{name}: recall {pct(t['recall'])} ({t['detected']}/{t['faults']}), precision "
             f"{pct(t['precision'])}, false alarms {t['false_alarms']} "
-            f"({t['false_per_1000']:.2f} per 1,000 healthy steps over {t['healthy_steps']}), "
+            f"({_per_1000(t['false_per_1000'])} per 1,000 healthy steps over "
+            f"{t['healthy_steps']}), "
             f"median lead {win(lead['numeric'])} windows numeric / {win(lead['data'])} data / "
             f"{win(lead['other'])} other, doctor's first finding right "
             f"{pct(t['doctor_right'])}")
+
+
+def _per_1000(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"

@@ -161,9 +161,9 @@ def tokenizer_for(seed: int, vocab: int = 768) -> Any:
 
 
 class DraftHead(nn.Module):
-    """Medusa-style: position p predicts the token p + 1 places after the next one from
-    the base model's last hidden state, through its own residual block and the shared
-    LM head."""
+    """Position p predicts the token p + 1 places ahead (position 0: the next token, as
+    in EAGLE) from the base model's last hidden state, through its own residual block
+    (zero-initialised: it starts as the LM head) and the shared LM head."""
 
     def __init__(self, hidden: int, positions: int) -> None:
         super().__init__()
@@ -178,7 +178,7 @@ class DraftHead(nn.Module):
 
 
 def draft_targets(input_ids: torch.Tensor, labels: torch.Tensor, positions: int,
-                  offset: int = 2) -> torch.Tensor:
+                  offset: int = 1) -> torch.Tensor:
     """(B, T, P): position p at t predicts input token t + offset + p, where the labels
     supervise it; -100 past the end."""
     b, t = input_ids.shape

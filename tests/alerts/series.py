@@ -64,7 +64,8 @@ def _flush(s: int, g: Callable[[float, float], float]) -> Metrics:
         # loss composition: total = ce + 0.5 kd; 'feature' is switched off (weight 0)
         "loss/ce/raw": ce, "loss/ce/weight": 1.0, "loss/ce/scaled": ce,
         "loss/kd/raw": 0.8 * ce, "loss/kd/weight": 0.5, "loss/kd/scaled": 0.4 * ce,
-        "loss/feature/raw": 12.0 * (1 + 1e-4 * (s % 7)), "loss/feature/weight": 0.0, "loss/feature/scaled": 0.0,
+        "loss/feature/raw": 12.0 * (1 + 1e-4 * (s % 7)), "loss/feature/weight": 0.0,
+        "loss/feature/scaled": 0.0,
         "loss/total": 1.4 * ce, "loss/sum_gap": 0.0,  # |total - sum(scaled)| / |total|
         "grad/zero_frac": 0.02, "lora/b_zero_frac": 0.0,
         "hidden/layers.0/nonfinite": 0.0, "hidden/layers.1/nonfinite": 0.0,

@@ -247,9 +247,20 @@ def test_engine_on_a_run_stores_its_alerts_with_the_batch(runs):
         for step in range(30):
             run.log({"loss": 2.0 if step != 20 else math.nan}, step=step)
     stored = ts.open().run(run.id).alerts()
+    # one NaN between finite losses: a warning (a batch with no supervised token does it)
     assert [(a["step"], a["rule"], a["level"], a["state"]) for a in stored] == [
-        (20, "nonfinite:loss", "critical", "fired"), (23, "nonfinite:loss", "critical", "cleared")]
-    assert stored[0]["message"] == "loss is nan at step 20 (last finite value 2 at step 19)"
+        (20, "nonfinite:loss", "warning", "fired"), (23, "nonfinite:loss", "warning", "cleared")]
+    assert stored[0]["message"].startswith(
+        "loss is nan at step 20 (last finite value 2 at step 19); the loss before it is finite")
+
+
+def test_a_non_finite_loss_that_persists_escalates_to_critical():
+    engine = AlertEngine(config=CONFIG, console=False)
+    out = []
+    for step in range(25):
+        out += engine.feed(step, {"loss": 2.0 if step < 20 else math.nan})
+    assert [(a.step, a.rule, a.level) for a in out] == [(20, "nonfinite:loss", "warning"),
+                                                        (21, "nonfinite:loss", "critical")]
 
 
 class Covered(Above):

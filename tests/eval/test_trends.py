@@ -99,6 +99,20 @@ def test_a_near_zero_best_ece_does_not_make_noise_drift():
     assert summarize(risen[:2])["calibration_drift"] is False
 
 
+def test_ece_lost_while_ce_improved_is_not_drift_once_the_model_freezes():
+    """A run whose learning rate fell to ~0: ECE rose while CE fell, then nothing moved."""
+    rows = [(5.2, 0.10), (4.0, 0.12), (3.4, 0.094), (2.98, 0.129), (2.98, 0.129),
+            (2.98, 0.129), (2.98, 0.129)]
+    points = [EvalPoint(20 * i, em=0.0, ce=ce, acc=0.3, ece=ece, n=50, tokens=700,
+                        ce_se=0.1) for i, (ce, ece) in enumerate(rows)]
+    summary = summarize(points)
+    assert summary["plateau"] is True and summary["calibration_drift"] is False
+    assert summary["ece_best"] == 0.129  # the baseline starts at the best CE (step 60)
+    worse = [*points, EvalPoint(140, em=0.0, ce=3.1, acc=0.3, ece=0.2, n=50, tokens=700,
+                                ce_se=0.1)]
+    assert summarize(worse)["calibration_drift"] is True  # after it: drift
+
+
 def test_drift_floor_is_twice_the_noise_of_a_calibrated_models_ece_difference():
     """Reference: Monte Carlo ECE of a perfectly calibrated model, in float64 numpy."""
     from trainspect.eval.trends import DRIFT_FLOOR, drift_floor

@@ -35,6 +35,7 @@ GOALS = {"acc": True, "em": True, "accept_len": True, "tokens_per_s": True, "alp
          "total": False}
 _RULE_ORDER = {cls.id: i for i, cls in enumerate(BUILTIN)}
 REPLAY_MODES = ("auto", "always", "never")
+EFFICIENCY = frozenset({"throughput_drop"})  # rules about speed, not learning
 
 
 def diagnose(view: RunView, replay_rules: str = "auto") -> dict[str, Any]:
@@ -132,18 +133,19 @@ def _alerts(view: RunView, mode: str) -> dict[str, Any]:
     else:
         rows, source = stored, "store"
     active: dict[str, dict] = {}
-    resolved: list[dict] = []
+    resolved: dict[str, dict] = {}  # the latest episode of each rule that came and went
     for row in rows:
         if row.get("state") == "cleared":
             fired = active.pop(row["rule"], None)
             if fired is not None and fired["level"] != "info":
-                resolved.append({**fired, "cleared_step": row["step"]})
+                resolved[row["rule"]] = {**fired, "cleared_step": row["step"]}
         else:
             active[row["rule"]] = row
+            resolved.pop(row["rule"], None)
     return {"source": source, "fired": sum(r.get("state") != "cleared" for r in rows),
             "cleared": sum(r.get("state") == "cleared" for r in rows),
             "active": sorted(active.values(), key=_importance),
-            "resolved": sorted(resolved, key=_importance)}
+            "resolved": sorted(resolved.values(), key=_importance)}
 
 
 def _row(alert: Any) -> dict[str, Any]:
@@ -152,10 +154,17 @@ def _row(alert: Any) -> dict[str, Any]:
             "wall_time": alert.wall_time}
 
 
+def _efficiency(row: dict) -> bool:
+    """Alerts about the machine's speed rather than what the model learns."""
+    return row["rule"].split(":", 1)[0] in EFFICIENCY or row["rule"].startswith("speed.")
+
+
 def _importance(row: dict) -> tuple:
+    """Level first; at one level what the model learns before the machine's speed, then
+    the built-in rules' order (most fundamental first), then time."""
     rule = row["rule"].split(":", 1)[0]
-    return (-LEVEL_RANK.get(row["level"], 1), _RULE_ORDER.get(rule, len(_RULE_ORDER)),
-            row["step"])
+    return (-LEVEL_RANK.get(row["level"], 1), _efficiency(row),
+            _RULE_ORDER.get(rule, len(_RULE_ORDER)), row["step"])
 
 
 def _actions(run: dict, active: list[dict], resolved: list[dict], best: dict | None,
@@ -171,10 +180,11 @@ def _actions(run: dict, active: list[dict], resolved: list[dict], best: dict | N
         actions.append({"level": "critical", "rule": "run_state",
                         "text": f"The run failed at step {run['step']}: {error}."})
     seen = set()
-    # a problem that came and went (a spike, a burst of NaN) still has a cause to find:
-    # ranked with the active ones by level and rule, so a past explosion comes before a
-    # slow window that is still open
-    for row in sorted([*active, *resolved], key=_importance):
+    # what the model learns first, what is still wrong before what came and went (a
+    # spike, a burst of NaN still has a cause to find), and the machine's speed last
+    ordered = ([r for r in active if not _efficiency(r)] + [r for r in resolved
+               if not _efficiency(r)] + [r for r in active if _efficiency(r)])
+    for row in ordered:
         if not row["action"] and row["level"] == "info":
             continue  # a note (a saved checkpoint, the user's remark), not something to do
         text = row["action"] or f"Look into: {row['message']}"

@@ -28,15 +28,17 @@ The rules, in full:
   CE is not still improving. EM moves in whole examples: on a small model it can sit
   at 0% for many evals while CE and accuracy improve steadily, and that is learning,
   not a plateau.
-- Calibration drift: ECE more than `DRIFT_RATIO` (20%) above the best (lowest) ECE
-  after the first `DRIFT_BURN_IN` evals (a model that barely predicts is trivially
-  calibrated, so its early ECE is no baseline), more than `drift_floor(tokens)` above it in absolute terms (a relative change
-  of a near-zero ECE is not drift), while CE is not still improving: CE is a proper
-  scoring rule that already charges for miscalibration, so an ECE that rises while CE
-  falls is the model sharpening faster than it gets right, not a reason to stop. The
-  floor is twice the standard deviation of the difference of two ECE estimates on the
-  eval's supervised tokens (see `drift_floor`), never below `DRIFT_FLOOR`.
-  `eval/ece_drift` stores the relative rise (0.35 = 35% above the best).
+- Calibration drift: ECE more than `DRIFT_RATIO` (20%) above its best (lowest) value
+  since the eval with the lowest CE, leaving out the first `DRIFT_BURN_IN` evals (a
+  model that barely predicts is trivially calibrated, so its early ECE is no
+  baseline); more than `drift_floor(tokens)` above it in absolute terms (a relative
+  change of a near-zero ECE is not drift); and CE not still improving. CE is a proper
+  scoring rule that already charges for miscalibration: an ECE that rises while CE
+  falls is the model sharpening faster than it gets right, part of learning; drift is
+  what happens after CE stopped improving. The floor is twice the standard deviation
+  of the difference of two ECE estimates on the eval's supervised tokens (see
+  `drift_floor`), never below `DRIFT_FLOOR`. `eval/ece_drift` stores the relative rise
+  (0.35 = 35% above the best).
 - Train/eval gap: the eval CE minus the latest training CE at or before the eval step
   (`text/ce`, else `loss`, else `train/loss`).
 """
@@ -133,6 +135,16 @@ def gained(values: Sequence[float], higher_is_better: bool, recent: int = RECENT
     return min(last) < min(before) - min_gain * abs(min(before))
 
 
+def since_best_ce(points: Sequence[EvalPoint]) -> Sequence[EvalPoint]:
+    """The evals from the one with the lowest CE on (all of them when CE is unknown),
+    with the burn-in evals kept in front so that slicing them off still works."""
+    ces = [(p.ce, i) for i, p in enumerate(points) if math.isfinite(p.ce)]
+    if not ces:
+        return points
+    start = max(min(ces)[1], DRIFT_BURN_IN)
+    return [*points[:DRIFT_BURN_IN], *points[start:]]
+
+
 def drift_floor(tokens: float) -> float:
     """The smallest ECE rise that is more than sampling noise on `tokens` eval tokens.
 
@@ -180,7 +192,7 @@ def summarize(points: Sequence[EvalPoint], metric: str = "em",
     for name in TREND_METRICS:
         trends[name] = trend([getattr(p, name) for p in points], [p.se(name) for p in points],
                              HIGHER_IS_BETTER[name])
-    eces = [p.ece for p in points[DRIFT_BURN_IN:] if math.isfinite(p.ece)]
+    eces = [p.ece for p in since_best_ce(points)[DRIFT_BURN_IN:] if math.isfinite(p.ece)]
     ece_best = min(eces) if eces else math.nan
     drift = math.nan
     drifting = False

@@ -28,6 +28,10 @@ window they become, for each stream (and each group of a grouped stream):
   beyond the tokenizer's size (the run's `tokenizer`): ids it cannot produce.
 - `<s>/repeated_batches`: share of calls whose inputs (else labels) are identical to
   one of the stream's previous 8 calls, by a 64-bit fingerprint kept on the device.
+- `<s>/rank<i>/label_offset`, `<s>/rank<i>/label_offset_share`: with several ranks,
+  the offset and share of each rank's own labels (ungrouped streams): every rank adds
+  its counts into its own row of a [world, K] table that the flush's all_reduce turns
+  into a gather, so one rank whose shard was built differently stands out.
 
 The alert rules in `trainspect.alerts.rules.data` read these.
 """
@@ -109,6 +113,7 @@ class LabelStream:
     offsets: Any  # (2, G, K) float64: matches, denominators
     counts: Any  # (len(COUNTS),) float64
     ring: Any  # (RING,) int64 fingerprints of the previous calls
+    rank_offsets: Any = None  # (2, world, K) float64 with several ranks: this rank's row
     calls: int = 0
     device: Any = None
     constants: dict[str, Any] = field(default_factory=dict)
@@ -120,8 +125,11 @@ class LabelProbe:
     name = "labels"
 
     def __init__(self, tokenizer: Any = None) -> None:
+        from trainspect.distributed import rank_and_world
+
         self.template = template_of(tokenizer)
         self.streams: dict[str, LabelStream] = {}
+        self.rank, self.world = rank_and_world()
 
     def layout(self) -> tuple:
         return tuple((name, s.group, s.n_groups) for name, s in self.streams.items())
@@ -150,7 +158,7 @@ class LabelProbe:
         counts += self._vocab_counts(lab, sup, ids)
         s.counts += torch.stack(counts)
         if ids is not None:
-            self._offsets(s, lab, sup, ids, grouped)
+            self._offsets(s, lab, sup, ids, grouped, self.rank)
 
     def _state(self, stream: str, group: str | None, n_groups: int, device: Any
                ) -> LabelStream:
@@ -164,6 +172,9 @@ class LabelProbe:
                 offsets=torch.zeros(2, n_groups, k, dtype=torch.float64, device=device),
                 counts=torch.zeros(len(COUNTS), dtype=torch.float64, device=device),
                 ring=torch.full((RING,), -1, dtype=torch.int64, device=device), device=device)
+            if self.world > 1 and group is None:
+                s.rank_offsets = torch.zeros(2, self.world, k, dtype=torch.float64,
+                                             device=device)
             t = self.template
             for name, values in (("markers", t.markers), ("ends", t.ends)):
                 s.constants[name] = torch.tensor(values, dtype=torch.int64, device=device)
@@ -232,7 +243,8 @@ class LabelProbe:
         return [beyond, inputs]
 
     @staticmethod
-    def _offsets(s: LabelStream, lab: Any, sup: Any, ids: Any, grouped: bool) -> None:
+    def _offsets(s: LabelStream, lab: Any, sup: Any, ids: Any, grouped: bool, rank: int
+                 ) -> None:
         """Matches of labels[t] with ids[t + k], k = 0..K-1, per group."""
         import torch
 
@@ -253,26 +265,40 @@ class LabelProbe:
             dims = tuple(range(hit.dim() - 1))
             matches.append(hit.sum(dim=dims).to(torch.float64))
             totals.append(here.sum(dim=dims).to(torch.float64))
-        s.offsets += torch.stack([torch.stack(matches, 1), torch.stack(totals, 1)])
+        table = torch.stack([torch.stack(matches, 1), torch.stack(totals, 1)])  # (2, G, K)
+        s.offsets += table
+        if s.rank_offsets is not None:
+            s.rank_offsets[:, rank] += table[:, 0]
 
     # ---- the flush -------------------------------------------------------------------
 
     def state(self) -> list[Any]:
-        return [t for s in self.streams.values() for t in (s.offsets, s.counts)]
+        return [t for s in self.streams.values()
+                for t in (s.offsets, s.counts, *_present(s.rank_offsets))]
 
     def reset(self) -> None:
         for s in self.streams.values():
             s.offsets.zero_()
             s.counts.zero_()
+            if s.rank_offsets is not None:
+                s.rank_offsets.zero_()
 
     def compute(self, arrays: list[np.ndarray], step: int, wall_time: float) -> list[Any]:
         records: list[Any] = []
-        for i, (name, s) in enumerate(list(self.streams.items())[: len(arrays) // 2]):
-            offsets = arrays[2 * i].reshape(2, s.n_groups, -1)
-            counts = dict(zip(COUNTS, arrays[2 * i + 1].tolist()))
+        i = 0
+        for name, s in list(self.streams.items()):
+            width = 3 if s.rank_offsets is not None else 2
+            if i + width > len(arrays):
+                break  # a stream that appeared after this flush's state was taken
+            offsets = arrays[i].reshape(2, s.n_groups, -1)
+            counts = dict(zip(COUNTS, arrays[i + 1].tolist()))
+            ranks = arrays[i + 2].reshape(2, self.world, -1) if width == 3 else None
+            i += width
             if counts["calls"] <= 0:
                 continue
             values = stream_values(s, offsets, counts, self.template)
+            if ranks is not None:
+                values.update(rank_values(ranks))
             records += [Scalar(f"{name}/{k}", step, float(v), wall_time)
                         for k, v in values.items()]
         return records
@@ -306,6 +332,26 @@ def stream_values(s: LabelStream, offsets: np.ndarray, counts: dict[str, float],
         out["labels_beyond_vocab"] = counts["beyond"]
         out["inputs_beyond_vocab"] = counts["inputs_beyond"]
     return out
+
+
+def rank_values(ranks: np.ndarray) -> dict[str, float]:
+    """`rank<i>/label_offset` and `rank<i>/label_offset_share` from the (2, world, K)
+    table of per-rank matches and denominators."""
+    out: dict[str, float] = {}
+    matches, totals = ranks
+    for r in range(matches.shape[0]):
+        if totals[r].max() <= 0:
+            continue
+        shares = np.divide(matches[r], totals[r], out=np.zeros_like(matches[r]),
+                           where=totals[r] > 0)
+        best = int(np.argmax(shares))
+        out[f"rank{r}/label_offset"] = float(best)
+        out[f"rank{r}/label_offset_share"] = float(shares[best])
+    return out
+
+
+def _present(tensor: Any) -> tuple[Any, ...]:
+    return () if tensor is None else (tensor,)
 
 
 def _aligned(input_ids: Any, tokens: Any) -> Any:

@@ -37,8 +37,8 @@ from trainspect.alerts.rules.updates import WeightsFrozen
 # cannot train the model right comes before what it does to the numbers, a cause before
 # its symptoms (an overflowing loss scale before the non-finite gradients it skips).
 BUILTIN: tuple[type[Rule], ...] = (
-    VocabMismatch, LabelAlignment, LossScaleCollapse, NonFinite, NoGradient, WeightsFrozen,
-    EmptySupervision, LrZero, LrFrozenWarmup, TotalScaled, ZeroWeightLeak, PromptSupervised,
+    VocabMismatch, LabelAlignment, EmptySupervision, LossScaleCollapse, NonFinite, NoGradient,
+    WeightsFrozen, LrZero, LrFrozenWarmup, TotalScaled, ZeroWeightLeak, PromptSupervised,
     PaddingSupervised, AnswerEnd, RepeatedBatches, ComponentConstant, SumGap,
     ActivationGrowth, LossDivergence, GradExplosion, LossSpike, ConfidentlyWrong,
     CalibrationDrift, Overfitting, EvalRegression, DraftCollapse, ThroughputDrop, EvalPlateau,

@@ -17,7 +17,9 @@ class CalibrationDrift(Rule):
     compared is the latest eval for `eval/ece`, and the median of the last 5 points
     for a stream (a flush window is noisy). The best is the lowest such value after
     a burn-in (the first 2 evals, the first 20 stream points): a model that barely
-    predicts anything is trivially calibrated, so early ECE is not a fair baseline.
+    predicts anything is trivially calibrated, so early ECE is not a fair baseline;
+    for the eval, the best restarts at each eval with a new lowest `eval/ce`
+    (calibration lost while CE still improved is learning, not drift).
     Fires when the value is > 1.2x the best AND more than the sampling noise above it:
     `eval.trends.drift_floor` of the tokens behind the value (`eval/tokens`, or the
     stream's `supervised_tokens` over the smoothed windows), twice the standard
@@ -61,10 +63,10 @@ class CalibrationDrift(Rule):
             if h.count <= self.burn_in[kind] or not math.isfinite(value):
                 out[key] = None
                 continue
-            best = self._best.get(key)
-            if best is None or value < best[0]:
-                self._best[key] = best = (value, ctx.step)
             prefix = key[: -len("ece")]
+            best = self._best.get(key)
+            if best is None or value < best[0] or self._new_best_ce(ctx, prefix, kind):
+                self._best[key] = best = (value, ctx.step)
             tokens = (ctx.last("eval/tokens") if kind == "eval" else
                       sum(ctx.values(f"{prefix}supervised_tokens", n)))
             floor = drift_floor(tokens if tokens is not None else math.nan)
@@ -79,6 +81,14 @@ class CalibrationDrift(Rule):
                 f"{num(best[0])} at step {best[1]} (sampling noise: {num(floor)}), while "
                 f"{prefix}ce no longer improves", subject=key) if drifted else None
         return out
+
+    @staticmethod
+    def _new_best_ce(ctx: Context, prefix: str, kind: str) -> bool:
+        """For the eval: whether this eval's CE is the lowest so far (the ECE baseline
+        restarts there: calibration lost while CE still improved is not drift)."""
+        h = ctx.history(f"{prefix}ce")
+        return kind == "eval" and h is not None and h.last is not None and \
+            h.last <= h.min and h.last_step == ctx.step
 
 
 class ConfidentlyWrong(Rule):

@@ -31,8 +31,9 @@ class LabelAlignment(Rule):
     """Labels that are not the next input token: not shifted, shifted twice, shuffled.
 
     From the label probe's `<s>/label_offset` and `<s>/label_offset_share` (per group
-    for grouped streams): the offset k at which the most supervised labels equal the
-    input token k places later, and that share. A share of 0.5 or more means the
+    for grouped streams, and per rank as `<s>/rank<i>/...` with several ranks): the
+    offset k at which the most supervised labels equal the input token k places later,
+    and that share. A share of 0.5 or more means the
     labels are copies of the inputs at that offset (by chance a wrong offset matches
     only as often as a token repeats, a few percent). Critical, fires at once:
     - an ungrouped stream whose dominant offset is not 1: 0 is labels not shifted (the
@@ -40,6 +41,8 @@ class LabelAlignment(Rule):
     - a grouped stream (draft positions) whose group predicts the token it reads
       (offset 0), or two groups with the same dominant offset (their targets were not
       advanced per position);
+    - with several ranks, each rank's own labels instead of the pooled mix (one rank
+      whose shard was built differently would otherwise blur into a half share);
     - a stream whose labels were aligned (share >= 0.9 in an earlier window) and now
       match no offset (best share < 0.5): labels and inputs were separated (shuffled,
       paired with other rows).
@@ -75,11 +78,17 @@ class LabelAlignment(Rule):
             if m is None or offset is None:
                 continue
             index = None if m.group(3) is None else int(m.group(3))
-            groups.setdefault(m.group(1), {})[index] = (offset, ctx.new[key])
+            stream = m.group(1)
+            if m.group(2) == "rank":  # one rank's own labels: judged as a stream of its own
+                stream, index = f"{stream}:rank{index}", None
+            groups.setdefault(stream, {})[index] = (offset, ctx.new[key])
         if not groups:
             return HOLD
+        ranked = {name.split(":")[0] for name in groups if ":rank" in name}
         out: dict[str, Finding | None] = {}
         for stream, found in groups.items():
+            if stream in ranked:
+                continue  # with ranks apart the pooled mix says less: judge each rank
             out[stream] = self._stream(ctx, stream, found)
         return out
 
@@ -87,7 +96,8 @@ class LabelAlignment(Rule):
                 found: dict[int | None, tuple[float, float]]) -> Finding | None:
         grouped = None not in found
         for index, (offset, share) in sorted(found.items(), key=lambda kv: kv[0] or 0):
-            name = stream if index is None else f"{stream} position {index}"
+            name = stream.replace(":rank", " on rank ") if index is None else \
+                f"{stream} position {index}"
             tag = f"{stream}/{index}"
             if share >= self.aligned:
                 self._was_aligned.add(tag)

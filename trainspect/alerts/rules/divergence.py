@@ -17,11 +17,16 @@ class NonFinite(Rule):
     """Loss or gradient norm is NaN or inf; names the first module that went non-finite.
 
     Subjects: `loss` (any of `loss`, `loss/total`, `train/loss`) and `grad/norm` fire
-    (critical) at the first non-finite value. `hidden` fires when a
+    at the first non-finite value: critical, except a non-finite loss between finite
+    ones with a finite gradient norm, which is a warning until a second one in a row
+    (a batch whose mean loss is 0/0 because no token is supervised gives exactly
+    that, and the model is fine). `hidden` fires when a
     `hidden/<module>/nonfinite` counter is > 0 (critical if the loss or gradient is
     non-finite too, else warning) and names the first module: the one whose counter
     became > 0 at the earliest step (ties in the order modules were first logged), or
-    the module an alert from the hidden-state probe names. Each clears after 3
+    the module an alert from the hidden-state probe names; before any counter says so,
+    the module whose `hidden/<module>/absmax` grew most (at least 10x its earlier
+    median) is named as where the activations blew up. Each clears after 3
     checks with finite values (zero counters). The gradient and hidden subjects
     stay quiet while the gradient / hidden-state probes' own alerts (grads.nonfinite,
     hidden.nonfinite) are out; the loss alert quotes the hidden-state probe.
@@ -29,7 +34,8 @@ class NonFinite(Rule):
 
     id = "nonfinite"
     level = "critical"
-    keys = (*LOSS_KEYS, "grad/norm", "hidden/*/nonfinite")
+    keys = (*LOSS_KEYS, "grad/norm", "hidden/*/nonfinite", "hidden/*/absmax")
+    triggers = (*LOSS_KEYS, "grad/norm", "hidden/*/nonfinite")
     history = 8
     covered_by = {"grad/norm": ("grads.nonfinite",), "hidden": ("hidden.nonfinite",)}
     action = ("Stop and restart from the last good checkpoint with the learning rate cut "
@@ -39,13 +45,20 @@ class NonFinite(Rule):
 
     def __init__(self) -> None:
         self._first_bad: dict[str, int] = {}  # module -> first step its counter was > 0
+        self._loss_streak = 0  # consecutive steps with a non-finite loss
+        self._loss_step: int | None = None  # the step last counted (checked once or twice)
 
     def check(self, ctx: Context) -> CheckResult:
         out: dict[str, Finding | None] = {}
         loss_keys = [k for k in LOSS_KEYS if k in ctx.new]
         if loss_keys:
             bad = [k for k in loss_keys if not math.isfinite(ctx.new[k])]
-            out["loss"] = self._finding(ctx, bad[0], "loss") if bad else None
+            if ctx.step != self._loss_step:
+                self._loss_step = ctx.step
+                self._loss_streak = self._loss_streak + 1 if bad else 0
+            elif bad:
+                self._loss_streak = max(self._loss_streak, 1)
+            out["loss"] = self._loss_finding(ctx, bad[0]) if bad else None
         if "grad/norm" in ctx.new:
             ok = math.isfinite(ctx.new["grad/norm"])
             out["grad/norm"] = None if ok else self._finding(ctx, "grad/norm", "grad/norm")
@@ -62,16 +75,47 @@ class NonFinite(Rule):
                              if any(not (v <= 0) for v in counts.values()) else None)
         return out or HOLD
 
+    def _loss_finding(self, ctx: Context, key: str) -> Finding:
+        grad = ctx.last("grad/norm")
+        grad_bad = grad is not None and not math.isfinite(grad)
+        if self._loss_streak >= 2 or grad_bad or self._first_bad:
+            return self._finding(ctx, key, "loss")
+        finding = self._finding(ctx, key, "loss")
+        return Finding(finding.message + "; the loss before it is finite and so is the "
+                       "gradient norm: one batch gave a non-finite loss (no supervised "
+                       "token in it, a mean over 0 tokens, or an extreme value)",
+                       subject="loss", level="warning")
+
     def where(self, ctx: Context) -> str:
         """'; first non-finite module: X' from the counters, plus what the probe said."""
         parts = []
         if self._first_bad:
             first = min(self._first_bad, key=lambda m: self._first_bad[m])  # stable: first logged
             parts.append(f"first non-finite module: {first}")
+        else:
+            grown = self._grown(ctx)
+            if grown:
+                parts.append(f"activations grew most in {grown[0]} ({num(grown[1])}x their "
+                             "earlier median) before it")
         probe = ctx.alerts(rule="hidden.")
         if probe:
             parts.append(f"hidden-state probe: {probe[0].message}")
         return "".join(f"; {p}" for p in parts)
+
+    @staticmethod
+    def _grown(ctx: Context) -> tuple[str, float] | None:
+        """The module whose latest finite absmax is the most above its earlier median, when
+        at least 10x."""
+        best = None
+        for key in ctx.keys("hidden/*/absmax"):
+            values = [v for v in ctx.values(key) if math.isfinite(v)]
+            if len(values) < 4:
+                continue
+            base = median(values[:-1])
+            if base > 0 and values[-1] / base >= 10 and (best is None or
+                                                         values[-1] / base > best[1]):
+                best = (key[len("hidden/"):-len("/absmax")], values[-1] / base)
+        return best
 
     def _finding(self, ctx: Context, key: str, subject: str) -> Finding:
         steps, values = ctx.tail(key)
