@@ -221,3 +221,22 @@ def test_one_ranks_labels_stand_out_in_the_per_rank_table(tmp_path):
     assert [a["rule"] for a in fired if a["rule"].startswith("label_alignment")] == [
         "label_alignment:text:rank1"]
     assert "text on rank 1: 100% of the supervised labels" in fired[0]["message"]
+
+
+@pytest.mark.gpu
+def test_update_makes_no_host_sync_on_cuda(tok):
+    ids, mask, labels = chat_batch(tok, ["What is 3 + 4?", "What is 12 + 9?"],
+                                   ["7.", "21."], 16)
+    ids, mask, labels = (t.cuda() for t in (ids, mask, labels))
+    probe = LabelProbe(tok)
+    probe.update("text", None, 1, labels[:, 1:], None, ids, mask, IGNORE)  # allocates state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            probe.update("text", None, 1, labels[:, 1:], None, ids, mask, IGNORE)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got = {r.key: r.value for r in probe.compute(
+        [t.cpu().numpy() for t in probe.state()], 1, 0.0)}
+    assert got["text/label_offset"] == 1.0 and got["text/repeated_batches"] == 0.75

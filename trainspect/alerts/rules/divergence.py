@@ -18,9 +18,9 @@ class NonFinite(Rule):
 
     Subjects: `loss` (any of `loss`, `loss/total`, `train/loss`) and `grad/norm` fire
     at the first non-finite value: critical, except a non-finite loss between finite
-    ones with a finite gradient norm, which is a warning until a second one in a row
-    (a batch whose mean loss is 0/0 because no token is supervised gives exactly
-    that, and the model is fine). `hidden` fires when a
+    ones with a finite gradient norm, which is a warning until the main (per-step)
+    loss is non-finite twice in a row (a batch whose mean loss is 0/0 because no token
+    is supervised gives exactly that, and the model is fine). `hidden` fires when a
     `hidden/<module>/nonfinite` counter is > 0 (critical if the loss or gradient is
     non-finite too, else warning) and names the first module: the one whose counter
     became > 0 at the earliest step (ties in the order modules were first logged), or
@@ -45,7 +45,7 @@ class NonFinite(Rule):
 
     def __init__(self) -> None:
         self._first_bad: dict[str, int] = {}  # module -> first step its counter was > 0
-        self._loss_streak = 0  # consecutive steps with a non-finite loss
+        self._loss_streak = 0  # consecutive steps with a non-finite main loss
         self._loss_step: int | None = None  # the step last counted (checked once or twice)
 
     def check(self, ctx: Context) -> CheckResult:
@@ -53,11 +53,11 @@ class NonFinite(Rule):
         loss_keys = [k for k in LOSS_KEYS if k in ctx.new]
         if loss_keys:
             bad = [k for k in loss_keys if not math.isfinite(ctx.new[k])]
-            if ctx.step != self._loss_step:
-                self._loss_step = ctx.step
-                self._loss_streak = self._loss_streak + 1 if bad else 0
-            elif bad:
-                self._loss_streak = max(self._loss_streak, 1)
+            main = main_loss(ctx)
+            if main in ctx.new and ctx.step != self._loss_step:  # the per-step loss only:
+                self._loss_step = ctx.step  # window means (loss/total) mix steps
+                self._loss_streak = 0 if math.isfinite(ctx.new[main]) else \
+                    self._loss_streak + 1
             out["loss"] = self._loss_finding(ctx, bad[0]) if bad else None
         if "grad/norm" in ctx.new:
             ok = math.isfinite(ctx.new["grad/norm"])
