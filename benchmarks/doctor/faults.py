@@ -6,10 +6,12 @@ matched on the part before ':'), and the words of which one must appear in the
 doctor's first action for it to be the right action. Faults are the bugs users hit,
 written as the buggy line of a training loop would be; each says so in `what`.
 
-`half` splits the suite: rules were developed against "dev" and the "held" half is
-reported apart. Most families have a member in each half (labels not shifted /
-shifted twice, prompt / padding supervised, ...), so a held-out case tests that a
-signal generalises, not that a threshold fits one run.
+`half` splits the suite: "dev" and "held" are reported apart; most families have a
+member in each (labels not shifted / shifted twice, prompt / padding supervised, ...),
+so a held-out case tests that a signal generalises, not that a threshold fits one
+run. Both were in view while the rules were written, so "fresh" adds faults written
+after the rules were frozen (benchmarks/doctor/faults.py, FRESH) and run once: their
+results are reported as they came, the honest measure of generalisation.
 
 `kind` picks the lead-time target: "numeric" (within 2 flush windows of the plant),
 "data" (within 5), "other" (eval and slow faults: reported, no target).
@@ -354,6 +356,63 @@ class DraftTargetsNotAdvanced(Fault):
         return out
 
 
+# ---- fresh faults: written after the rules were frozen, run once, reported as they came ----
+
+
+class LabelsShiftedBackwards(Fault):
+    def align(self, loop, logits, labels):
+        return logits[:, 1:], labels[:, :-1]  # the shift applied the wrong way round
+
+
+class WeightDecayTypo(Fault):
+    def build(self, loop: Loop) -> None:  # weight_decay=50 where 0.05 was meant
+        loop.optimizer = torch.optim.AdamW(loop.params, lr=loop.setup.lr, weight_decay=50.0)
+
+
+class InfEmbeddingRow(Fault):
+    def lr(self, loop: Loop, lr: float) -> float:
+        if loop.step == 100:  # a token's embedding row overwritten with inf (a bad resize)
+            emb = loop.model.get_input_embeddings()
+            with torch.no_grad():
+                emb.weight[loop.tokenizer.convert_tokens_to_ids("<sep>")] = math.inf
+        return lr
+
+
+class LoraDropoutOne(Fault):
+    def build(self, loop: Loop) -> None:  # lora_dropout=1.0: the adapters' input is zeroed
+        for module in loop.model.modules():
+            dropout = getattr(module, "lora_dropout", None)
+            if isinstance(dropout, nn.ModuleDict):
+                for key in dropout:
+                    dropout[key] = nn.Dropout(p=1.0)
+
+
+class HalfRowsUnshifted(Fault):
+    def batch(self, loop: Loop, batch: Batch) -> Batch:  # a second source, labels pre-shifted
+        labels = batch.labels.clone()
+        half = labels.shape[0] // 2
+        labels[half:, :-1] = batch.labels[half:, 1:]
+        labels[half:, -1] = IGNORE_INDEX
+        return _replace_batch(batch, labels=labels)
+
+
+class AuxWeightSignFlipped(Fault):
+    def loss(self, loop, ce, z, logits, z_weight):
+        components, weights, total = super().loss(loop, ce, z, logits, z_weight)
+        components["z_loss"], weights["z_loss"] = z, -0.01  # "- aux" where "+ aux" was meant
+        return components, weights, ce - 0.01 * z
+
+
+class EosNeverAppended(Fault):
+    def batch(self, loop: Loop, batch: Batch) -> Batch:  # the collator forgot eos
+        eos = loop.tokenizer.eos_token_id
+        ids = batch.input_ids.masked_fill(batch.input_ids == eos, loop.tokenizer.pad_token_id)
+        mask = batch.attention_mask.masked_fill(batch.input_ids == eos, 0)
+        labels = batch.labels.masked_fill(batch.input_ids == eos, IGNORE_INDEX)
+        return _replace_batch(batch, input_ids=ids, attention_mask=mask, labels=labels)
+
+
+
 # ---- the suite --------------------------------------------------------------------------
 
 DRAFT = Setup(draft=3, seed=4)
@@ -475,5 +534,27 @@ HEALTHY: tuple[Case, ...] = (
                                                             steps=120)),
 )
 
-ALL = HEALTHY + FAULTS
+FRESH: tuple[Case, ...] = (
+    Case("labels_shifted_backwards", "data", "fresh", "data", 0, ("label_alignment",),
+         ("shift",), "logits[:, 1:] compared with labels[:, :-1]", LabelsShiftedBackwards),
+    Case("weight_decay_typo", "optimisation", "fresh", "data", 0,
+         ("loss_divergence", "weights_frozen", "activation_growth"), ("weight decay",
+                                                                     "weight_decay"),
+         "AdamW(weight_decay=50) where 0.05 was meant", WeightDecayTypo),
+    Case("inf_embedding_row", "numerics", "fresh", "numeric", 100, NAN,
+         ("embed", "layers.0"), "the <sep> embedding row set to inf at step 100",
+         InfEmbeddingRow),
+    Case("lora_dropout_one", "lora", "fresh", "data", 0, NOT_MOVING, ("dropout",),
+         "lora_dropout=1.0: the adapters see zeros", LoraDropoutOne),
+    Case("half_rows_unshifted", "data", "fresh", "data", 0, ("label_alignment",),
+         ("shift",), "half of each batch from a source whose labels were already shifted",
+         HalfRowsUnshifted),
+    Case("aux_weight_sign_flipped", "composition", "fresh", "numeric", 0,
+         ("loss_divergence", "activation_growth", *NAN), ("weight", "sign"),
+         "the z-loss subtracted instead of added", AuxWeightSignFlipped),
+    Case("eos_never_appended", "data", "fresh", "data", 0, ("answer_end",), ("eos", "end"),
+         "the collator never appends <eos> to the answers", EosNeverAppended),
+)
+
+ALL = HEALTHY + FAULTS + FRESH
 BY_ID = {c.id: c for c in ALL}
