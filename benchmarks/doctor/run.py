@@ -58,7 +58,7 @@ def run_case(case_id: str, root: str) -> dict[str, Any]:
     setup = case.setup
     config = {"lr": setup.lr, "warmup_steps": setup.warmup, "steps": setup.steps,
               "hidden": setup.hidden, "layers": setup.layers, "seed": setup.seed,
-              **case.config}
+              "weight_decay": 0.0, **case.config}
     with ts.init(project="doctor-bench", name=case.id, dir=root, config=config,
                  tokenizer=tokenizer, log_every=setup.log_every) as run:
         train(run, setup, case.make(), tokenizer)

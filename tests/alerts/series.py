@@ -271,4 +271,7 @@ FAULTS: dict[str, Fault] = {
     "loss_divergence": _loss_divergence, "activation_growth": _activation_growth,
     "loss_scale_collapse": _loss_scale, "component_constant": _component_constant,
     "loss_total_scaled": _total_scaled,
+    "weight_decay_too_strong": lambda s, m: None,  # the fault is in the config
 }
+# Faults that live in the run's config rather than in its metrics.
+FAULT_CONFIGS = {"weight_decay_too_strong": {**CONFIG, "weight_decay": 100.0}}

@@ -14,7 +14,7 @@ from trainspect.alerts.rules.draft import DraftCollapse
 from trainspect.alerts.stats import num
 from trainspect.records import Alert
 
-from .series import CONFIG, FAULTS, LR_MAX, healthy
+from .series import CONFIG, FAULT_CONFIGS, FAULTS, LR_MAX, healthy
 
 
 def run_engine(fault=None, config=CONFIG, seed=0, rules=None, steps=300) -> list[Alert]:
@@ -68,6 +68,8 @@ EXPECTED = {
     "loss_scale_collapse": (157, ["loss_scale fell to", "being skipped"]),
     "component_constant": (29, ["'kd' has been 1.234", "does not depend on the batch"]),
     "loss_total_scaled": (19, ["is 2x the sum of the scaled components"]),
+    "weight_decay_too_strong": (9, ["weight_decay 100 x lr 1.000e-04 at step 9",
+                                    "shrinks every weight by 1% a step"]),
     "lr_zero": (101, ["lr is exactly 0 at step 101"]),
     "lr_frozen_warmup": (5, [f"lr has stayed at {num(LR_MAX)}", "warmup_steps=20"]),
     "throughput_drop": (202, ["speed/tokens_per_s", "below its rolling median"]),
@@ -87,7 +89,7 @@ def test_every_builtin_rule_has_a_planted_fault_and_documents_its_thresholds():
 
 @pytest.mark.parametrize("rule_id", sorted(FAULTS))
 def test_planted_fault_fires_its_rule_and_nothing_unrelated(rule_id):
-    alerts = run_engine(FAULTS[rule_id])
+    alerts = run_engine(FAULTS[rule_id], config=FAULT_CONFIGS.get(rule_id, CONFIG))
     assert rule_ids(alerts) <= {rule_id} | ALSO.get(rule_id, set())
     mine = [a for a in fired(alerts) if a.rule.split(":")[0] == rule_id]
     assert mine, f"{rule_id} did not fire"

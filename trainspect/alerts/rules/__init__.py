@@ -28,7 +28,12 @@ from trainspect.alerts.rules.divergence import (
 from trainspect.alerts.rules.draft import DraftCollapse
 from trainspect.alerts.rules.evals import EvalPlateau, EvalRegression, Overfitting
 from trainspect.alerts.rules.gradients import NoGradient
-from trainspect.alerts.rules.schedule import LossScaleCollapse, LrFrozenWarmup, LrZero
+from trainspect.alerts.rules.schedule import (
+    LossScaleCollapse,
+    LrFrozenWarmup,
+    LrZero,
+    WeightDecayTooStrong,
+)
 from trainspect.alerts.rules.supervision import EmptySupervision
 from trainspect.alerts.rules.throughput import ThroughputDrop
 from trainspect.alerts.rules.updates import WeightsFrozen
@@ -38,9 +43,9 @@ from trainspect.alerts.rules.updates import WeightsFrozen
 # its symptoms (an overflowing loss scale before the non-finite gradients it skips).
 BUILTIN: tuple[type[Rule], ...] = (
     VocabMismatch, LabelAlignment, EmptySupervision, LossScaleCollapse, NonFinite, NoGradient,
-    WeightsFrozen, LrZero, LrFrozenWarmup, TotalScaled, ZeroWeightLeak, PromptSupervised,
-    PaddingSupervised, AnswerEnd, RepeatedBatches, ComponentConstant, SumGap,
-    ActivationGrowth, LossDivergence, GradExplosion, LossSpike, ConfidentlyWrong,
+    WeightsFrozen, LrZero, LrFrozenWarmup, WeightDecayTooStrong, TotalScaled, ZeroWeightLeak,
+    PromptSupervised, PaddingSupervised, AnswerEnd, RepeatedBatches, ComponentConstant,
+    SumGap, ActivationGrowth, LossDivergence, GradExplosion, LossSpike, ConfidentlyWrong,
     CalibrationDrift, Overfitting, EvalRegression, DraftCollapse, ThroughputDrop, EvalPlateau,
 )
 
@@ -56,5 +61,6 @@ __all__ = [
     "GradExplosion", "LabelAlignment", "LossDivergence", "LossScaleCollapse",
     "LossSpike", "LrFrozenWarmup", "LrZero", "NoGradient", "NonFinite", "Overfitting",
     "PaddingSupervised", "PromptSupervised", "RepeatedBatches", "SumGap", "ThroughputDrop",
-    "TotalScaled", "VocabMismatch", "WeightsFrozen", "ZeroWeightLeak", "default_rules",
+    "TotalScaled", "VocabMismatch", "WeightDecayTooStrong", "WeightsFrozen", "ZeroWeightLeak",
+    "default_rules",
 ]

@@ -129,3 +129,51 @@ class LossScaleCollapse(Rule):
         return Finding(f"{key} fell to {num(scale)} at step {ctx.step}, {num(top / scale)}x "
                        f"below its maximum {num(top)} over the last {len(values)} points: "
                        "the optimizer step is being skipped for overflow")
+
+
+# Config names for decoupled weight decay (AdamW, HF TrainingArguments, Lightning).
+WEIGHT_DECAY_KEYS = ("weight_decay", "wd", "optim_weight_decay")
+
+
+class WeightDecayTooStrong(Rule):
+    """Weight decay times learning rate shrinks the weights by 1% or more at every step.
+
+    Decoupled weight decay (AdamW) multiplies every weight by (1 - lr x weight_decay)
+    at each step. Usual settings give 1e-6 to 1e-4 per step; at >= 0.01 the weights
+    lose half their size every 70 steps, faster than training can rebuild them, so the
+    model stays near zero and learns almost nothing (a weight_decay of 50 typed for
+    0.05 does that). Needs `weight_decay` (or `wd`) in the run's config and a logged
+    learning rate. Critical, fires at the first such step; clears when lr x
+    weight_decay falls below 0.005 for 3 points (a decayed schedule).
+    """
+
+    id = "weight_decay_too_strong"
+    level = "critical"
+    keys = LR_KEYS
+    history = 4
+    fire_shrink = 0.01  # per step
+    clear_shrink = 0.005
+    action = ("Check the weight decay: AdamW's weight_decay is multiplied by the learning "
+              "rate at every step, so values around 0.01-0.1 are the usual range; lower it "
+              "(a misplaced decimal point, or an L2 coefficient meant for SGD, gives this).")
+
+    def check(self, ctx: Context) -> CheckResult:
+        decay = next((ctx.config.get(k) for k in WEIGHT_DECAY_KEYS
+                      if isinstance(ctx.config.get(k), (int, float))
+                      and not isinstance(ctx.config.get(k), bool)), None)
+        key = next((k for k in LR_KEYS if k in ctx.new), None)
+        if decay is None or key is None or not decay > 0:
+            return HOLD
+        shrink = ctx.new[key] * decay
+        limit = self.clear_shrink if ctx.active() else self.fire_shrink
+        if not shrink >= limit:
+            return None
+        return Finding(f"weight_decay {num(decay)} x {key} {num(ctx.new[key])} at step "
+                       f"{ctx.step} shrinks every weight by {num(100 * shrink)}% a step: "
+                       f"half its size in {_half_life(shrink):.0f} steps")
+
+
+def _half_life(shrink: float) -> float:
+    import math
+
+    return math.log(0.5) / math.log(1.0 - shrink) if 0 < shrink < 1 else 0.0

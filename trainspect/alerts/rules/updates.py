@@ -34,8 +34,8 @@ class WeightsFrozen(Rule):
       optimizer does not hold those tensors (built before get_peft_model, from a copy
       of the model, or from a parameter list without the adapters);
     - the unmoved adapters' layers got exactly zero gradient while others did: LoRA
-      scaling 0 (lora_alpha=0) or adapters disabled when all of them are affected,
-      else adapters on modules off the loss path (target_modules).
+      scaling 0 (lora_alpha=0), lora_dropout=1.0 or adapters disabled when all of them
+      are affected, else adapters on modules off the loss path (target_modules).
     Quiet while the learning rate is 0 (`lr_zero` says so) or the gradient is exactly
     0 everywhere (`no_gradient`). Clears after 3 windows in which everything moved.
     """
@@ -111,11 +111,12 @@ class WeightsFrozen(Rule):
                 v > 0 for k, v in grads.items() if k not in lora):
             return Finding(
                 f"{share} still have B = 0 at step {ctx.step} and their layers get exactly "
-                f"zero gradient while other parameters train: the adapters are multiplied "
-                "by 0", action=(
-                    "Check the LoRA scaling: lora_alpha must be > 0 (the update is scaled "
-                    "by lora_alpha / r), and the adapter must be enabled and active "
-                    "(set_adapter, not inside disable_adapter())."))
+                f"zero gradient while other parameters train: the adapters' path is "
+                "multiplied by 0", action=(
+                    "Check the LoRA config: lora_alpha must be > 0 (the update is scaled by "
+                    "lora_alpha / r), lora_dropout must be < 1 (1.0 zeroes the adapters' "
+                    "input), and the adapter must be enabled and active (set_adapter, not "
+                    "inside disable_adapter())."))
         if dead:
             return Finding(
                 f"{share} still have B = 0 at step {ctx.step}; their layers ({names}) get "
