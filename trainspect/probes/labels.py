@@ -26,8 +26,9 @@ window they become, for each stream (and each group of a grouped stream):
   truncation). Only for 2-D labels with `input_ids` and `attention_mask`.
 - `<s>/labels_beyond_vocab`, `<s>/inputs_beyond_vocab`: label and input ids at or
   beyond the tokenizer's size (the run's `tokenizer`): ids it cannot produce.
-- `<s>/repeated_batches`: share of calls whose inputs (else labels) are identical to
-  one of the stream's previous 8 calls, by a 64-bit fingerprint kept on the device.
+- `<s>/repeated_batches`: share of supervised calls whose labels (and inputs, when
+  given) are identical to one of the stream's previous 8 calls, by a 64-bit
+  fingerprint kept on the device.
 - `<s>/rank<i>/label_offset`, `<s>/rank<i>/label_offset_share`: with several ranks,
   the offset and share of each rank's own labels (ungrouped streams): every rank adds
   its counts into its own row of a [world, K] table that the flush's all_reduce turns
@@ -152,7 +153,7 @@ class LabelProbe:
         s.calls += 1
         one = torch.ones((), dtype=torch.float64, device=lab.device)
         # a batch without supervision repeats trivially (all -100): only supervised ones count
-        counts = [one, self._repeated(s, ids if ids is not None else lab) * sup.any()]
+        counts = [one, self._repeated(s, lab, ids) * sup.any()]
         counts.append(sup.sum().to(torch.float64))
         counts += self._template_counts(s, lab, sup, ids, attention_mask, grouped)
         counts += self._vocab_counts(lab, sup, ids)
@@ -181,14 +182,14 @@ class LabelProbe:
         return s
 
     @staticmethod
-    def _repeated(s: LabelStream, source: Any) -> Any:
-        """1.0 when this batch's fingerprint is in the ring, then put it there."""
+    def _repeated(s: LabelStream, labels: Any, ids: Any) -> Any:
+        """1.0 when this batch's fingerprint (its labels, and its inputs when given) is in
+        the ring, then put it there."""
         import torch
 
-        flat = source.reshape(-1)
-        position = torch.arange(flat.numel(), device=flat.device, dtype=torch.int64)
-        weights = position * _MUL + _INC  # wraps around in int64: fine for a hash
-        fp = (flat * weights).sum() + flat.numel()
+        fp = _fingerprint(labels)
+        if ids is not None:
+            fp = fp * 31 + _fingerprint(ids)
         hit = (s.ring == fp).any().to(torch.float64)
         s.ring[(s.calls - 1) % RING] = fp
         return hit
@@ -348,6 +349,15 @@ def rank_values(ranks: np.ndarray) -> dict[str, float]:
         out[f"rank{r}/label_offset"] = float(best)
         out[f"rank{r}/label_offset_share"] = float(shares[best])
     return out
+
+
+def _fingerprint(values: Any) -> Any:
+    """A 64-bit hash of an integer tensor's values and positions (int64 wraps around)."""
+    import torch
+
+    flat = values.reshape(-1)
+    position = torch.arange(flat.numel(), device=flat.device, dtype=torch.int64)
+    return (flat * (position * _MUL + _INC)).sum() + flat.numel()
 
 
 def _present(tensor: Any) -> tuple[Any, ...]:
