@@ -228,6 +228,13 @@ def _component_constant(s: int, m: Metrics) -> None:
         m["loss/kd/raw"], m["loss/kd/scaled"] = 1.234, 0.617
 
 
+def _straggler(s: int, m: Metrics) -> None:
+    if "text/ce" in m:  # two ranks; rank 1's data loading slows down from step 150
+        m["speed/rank0/step_s"], m["speed/rank0/late_s"] = 0.10, 0.0
+        m["speed/rank1/step_s"] = 0.10 if s < 150 else 0.16
+        m["speed/rank1/late_s"] = 0.0 if s < 150 else 0.6
+
+
 def _total_scaled(s: int, m: Metrics) -> None:
     if "loss/total" in m:  # 2 micro-batches, the loss not divided by 2
         m["loss/total"] *= 2.0
@@ -272,6 +279,7 @@ FAULTS: dict[str, Fault] = {
     "loss_scale_collapse": _loss_scale, "component_constant": _component_constant,
     "loss_total_scaled": _total_scaled,
     "weight_decay_too_strong": lambda s, m: None,  # the fault is in the config
+    "straggler": _straggler,
 }
 # Faults that live in the run's config rather than in its metrics.
 FAULT_CONFIGS = {"weight_decay_too_strong": {**CONFIG, "weight_decay": 100.0}}

@@ -68,6 +68,7 @@ EXPECTED = {
     "loss_scale_collapse": (157, ["loss_scale fell to", "being skipped"]),
     "component_constant": (29, ["'kd' has been 1.234", "does not depend on the batch"]),
     "loss_total_scaled": (19, ["is 2x the sum of the scaled components"]),
+    "straggler": (179, ["rank 1 is the straggler", "0.16 s of work per step against 0.1 s"]),
     "weight_decay_too_strong": (9, ["weight_decay 100 x lr 1.000e-04 at step 9",
                                     "shrinks every weight by 1% a step"]),
     "lr_zero": (101, ["lr is exactly 0 at step 101"]),

@@ -35,7 +35,7 @@ GOALS = {"acc": True, "em": True, "accept_len": True, "tokens_per_s": True, "alp
          "total": False}
 _RULE_ORDER = {cls.id: i for i, cls in enumerate(BUILTIN)}
 REPLAY_MODES = ("auto", "always", "never")
-EFFICIENCY = frozenset({"throughput_drop"})  # rules about speed, not learning
+EFFICIENCY = frozenset({"throughput_drop", "straggler"})  # rules about speed, not learning
 
 
 def diagnose(view: RunView, replay_rules: str = "auto") -> dict[str, Any]:

@@ -35,7 +35,7 @@ from trainspect.alerts.rules.schedule import (
     WeightDecayTooStrong,
 )
 from trainspect.alerts.rules.supervision import EmptySupervision
-from trainspect.alerts.rules.throughput import ThroughputDrop
+from trainspect.alerts.rules.throughput import Straggler, ThroughputDrop
 from trainspect.alerts.rules.updates import WeightsFrozen
 
 # Most fundamental first: doctor ranks actions of equal level in this order. Data that
@@ -46,7 +46,8 @@ BUILTIN: tuple[type[Rule], ...] = (
     WeightsFrozen, LrZero, LrFrozenWarmup, WeightDecayTooStrong, TotalScaled, ZeroWeightLeak,
     PromptSupervised, PaddingSupervised, AnswerEnd, RepeatedBatches, ComponentConstant,
     SumGap, ActivationGrowth, LossDivergence, GradExplosion, LossSpike, ConfidentlyWrong,
-    CalibrationDrift, Overfitting, EvalRegression, DraftCollapse, ThroughputDrop, EvalPlateau,
+    CalibrationDrift, Overfitting, EvalRegression, DraftCollapse, Straggler, ThroughputDrop,
+    EvalPlateau,
 )
 
 
@@ -58,9 +59,9 @@ def default_rules() -> list[Rule]:
 __all__ = [
     "BUILTIN", "ActivationGrowth", "AnswerEnd", "CalibrationDrift", "ComponentConstant",
     "ConfidentlyWrong", "DraftCollapse", "EmptySupervision", "EvalPlateau", "EvalRegression",
-    "GradExplosion", "LabelAlignment", "LossDivergence", "LossScaleCollapse",
-    "LossSpike", "LrFrozenWarmup", "LrZero", "NoGradient", "NonFinite", "Overfitting",
-    "PaddingSupervised", "PromptSupervised", "RepeatedBatches", "SumGap", "ThroughputDrop",
+    "GradExplosion", "LabelAlignment", "LossDivergence", "LossScaleCollapse", "LossSpike",
+    "LrFrozenWarmup", "LrZero", "NoGradient", "NonFinite", "Overfitting", "PaddingSupervised",
+    "PromptSupervised", "RepeatedBatches", "Straggler", "SumGap", "ThroughputDrop",
     "TotalScaled", "VocabMismatch", "WeightDecayTooStrong", "WeightsFrozen", "ZeroWeightLeak",
     "default_rules",
 ]
