@@ -101,6 +101,7 @@ def _print_totals(rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.doctor.distributed import CASES as RANKED
     from benchmarks.doctor.faults import ALL
     from benchmarks.doctor.score import table, totals_text
 
@@ -114,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="no training: score the runs kept in DIR (--keep) with today's "
                              "rules, replayed over their stored series")
     parser.add_argument("--distributed", action="store_true",
-                        help="also run the two-process gloo cases (reported apart)")
+                        help="also run the two-process gloo cases (reported apart); with "
+                             "--only naming only those, just them")
     args = parser.parse_args(argv)
     wanted = {c for c in args.only.split(",") if c}
     cases = [c for c in ALL if (not wanted or c.id in wanted)
              and (args.half is None or c.half == args.half)]
-    unknown = wanted - {c.id for c in ALL}
+    ranked = {c.id for c in RANKED if not wanted or c.id in wanted}
+    if wanted and wanted <= {c.id for c in RANKED}:
+        cases = []
+    unknown = wanted - {c.id for c in ALL} - {c.id for c in RANKED}
     if unknown:
         parser.error(f"unknown case ids: {', '.join(sorted(unknown))}")
     if args.rescore:
@@ -140,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     # longest first, so the last worker does not start a long case alone at the end
     order = sorted(cases, key=lambda c: -c.setup.steps * c.setup.accum * (2 if c.setup.draft
                                                                               else 1))
+    rows = []
     with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker) as pool:
         futures = {c.id: pool.submit(run_case, c.id, root) for c in order}
-        rows = []
         for case in cases:
             row = futures[case.id].result()
             rows.append(row)
@@ -151,14 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     cpu = sum(r["cpu_s"] for r in rows)
     report: dict[str, Any] = {"rows": rows, "cpu_s": cpu, "wall_s": wall}
-    print()
-    print(table(rows))
-    print()
-    _print_totals(rows, report)
+    if rows:
+        print()
+        print(table(rows))
+        print()
+        _print_totals(rows, report)
     if args.distributed:
         from benchmarks.doctor.distributed import run_all
 
-        report["distributed"] = run_all(root)
+        report["distributed"] = run_all(root, ranked)
         print()
         print(table(report["distributed"]["rows"]))
         print(totals_text("distributed (2 ranks, gloo)", report["distributed"]["totals"]))
