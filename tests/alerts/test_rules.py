@@ -357,3 +357,21 @@ def test_eval_plateau_needs_ce_flat_too_and_ignores_an_em_that_never_left_zero()
     for i, (em, ce) in enumerate([(0.1, 2.0), (0.3, 1.8), (0.3, 1.6), (0.3, 1.4), (0.3, 1.2)]):
         out += engine.feed(i * 10, {"eval/em": em, "eval/ce": ce})
     assert out == []
+
+
+def test_confidently_wrong_stays_quiet_while_a_distilled_student_follows_its_teacher():
+    def distil(s, m):
+        FAULTS["confidently_wrong"](s, m)
+        if "text/conf_gap" in m:
+            m["text/teacher_agree"] = 0.3 + 0.002 * s  # the student keeps matching its teacher
+
+    assert "confidently_wrong" in rule_ids(run_engine(FAULTS["confidently_wrong"]))
+    assert fired(run_engine(distil)) == []
+
+
+def test_a_fourfold_gradient_swing_is_not_an_explosion():
+    def swing(s, m):
+        if s == 180:
+            m["grad/norm"] *= 4.0  # what a healthy small-batch run shows, with clipping on
+
+    assert fired(run_engine(swing)) == []

@@ -99,12 +99,14 @@ class ConfidentlyWrong(Rule):
     the slope test (stats.trend: t >= 2 and >= 1% change) over the last 20 points
     says "falling" (the gap widens), and `<stream>/acc`, when logged, is not rising
     over the same points (a model that learns fast is briefly confident before it is
-    right, with accuracy rising). Needs 10 points. Clears when the median is back
+    right, with accuracy rising), nor is `<stream>/teacher_agree` when a teacher is
+    observed (a distilled student is confident in its teacher's picks, which may not
+    be the labels: that is what it is trained to do). Needs 10 points. Clears when the median is back
     above -0.05 or the gap trend turns rising. Warning.
     """
 
     id = "confidently_wrong"
-    keys = ("*/conf_gap", "*/acc")
+    keys = ("*/conf_gap", "*/acc", "*/teacher_agree")
     triggers = ("*/conf_gap",)
     history = 32
     window = 20
@@ -133,9 +135,10 @@ class ConfidentlyWrong(Rule):
                 bad = now < self.clear_gap and gap_trend.direction != "rising"
             else:
                 bad = now < self.fire_gap and gap_trend.direction == "falling"
-                if bad and ctx.has(acc_key):
-                    acc_steps, acc = ctx.tail(acc_key, self.window)
-                    bad = trend(acc_steps, acc).direction != "rising"
+                for rising_key in (acc_key, f"{stream}/teacher_agree"):
+                    if bad and ctx.has(rising_key):
+                        steps_r, values_r = ctx.tail(rising_key, self.window)
+                        bad = trend(steps_r, values_r).direction != "rising"
             acc = (f" while {acc_key} is not rising (latest {num(ctx.last(acc_key))})"
                    if ctx.has(acc_key) else "")
             out[stream] = Finding(

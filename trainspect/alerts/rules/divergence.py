@@ -207,13 +207,17 @@ class GradExplosion(_SpikeRule):
     """The gradient norm explodes.
 
     Reads `grad/norm`. A point explodes when its robust z-score against the previous
-    50 points (at least 20) is >= 6 and it is >= 3x their mean (gradient norms are
-    spikier than losses). Warning. Clears after 20 calm points.
+    50 points (at least 20) is >= 6 and it is >= 5x their mean. Gradient norms are
+    spikier than losses: pre-clip norms of healthy small-batch training swing up to
+    2x their recent mean (the healthy runs of benchmarks/doctor peak at 1.94x) and up
+    to 4x in a healthy run an examiner reported as a false alarm; with clipping on,
+    such swings are harmless, so only a jump clear of them counts. Warning. Clears
+    after 20 calm points.
     """
 
     id = "grad_explosion"
     keys = ("grad/norm",)
-    ratio_fire = 3.0
+    ratio_fire = 5.0
     action = ("Clip gradients (torch.nn.utils.clip_grad_norm_, max_norm=1.0), lower the "
               "learning rate, and check the batch at this step; in fp16, check the loss "
               "scaler. If the loss spikes at the same steps, restart from the checkpoint "
