@@ -264,17 +264,19 @@ class LossDivergence(Rule):
         if key is None or key not in ctx.new or not math.isfinite(ctx.new[key]):
             return HOLD
         self._count += 1
-        recent = ctx.recent(key, 60)
-        level = median(recent[-self.window:])
+        level = median(ctx.recent(key, self.window))
         if self._count < self.burn_in or not math.isfinite(level):
             return None
         best = self._best
         if best is None or level < best[0]:
             self._best = best = (level, ctx.step)
-        earlier = [v for v in recent[:-self.window] if math.isfinite(v)]
+        if level <= best[0] + self.rise * abs(best[0]) and not ctx.active():
+            return None  # the cheap test first: healthy steps stop here
+        earlier = [v for v in ctx.recent(key, 60)[:-self.window] if math.isfinite(v)]
         if len(earlier) < self.window:
             return None
-        spread = median([abs(v - median(earlier)) for v in earlier]) * 1.4826
+        centre = median(earlier)
+        spread = median([abs(v - centre) for v in earlier]) * 1.4826
         noise = 1.25 * spread / math.sqrt(self.window)
         margin = max(self.rise * abs(best[0]), self.noise_sd * noise)
         if level <= best[0] + margin:
