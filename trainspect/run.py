@@ -286,8 +286,12 @@ class Run:
                 return
             import torch
 
+            from trainspect.probes.labels import observe_labels
+
             with torch.no_grad():  # statistics must never join the caller's autograd graph
                 probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
+                observe_labels(self, stream, group, logits.shape, labels, mask, input_ids,
+                               attention_mask, ignore_index)
                 if self._samples.due(stream, step):
                     self._take_samples(step, stream, group, logits, labels, mask, input_ids,
                                        attention_mask, token_names, ignore_index)
