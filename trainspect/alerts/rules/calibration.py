@@ -101,8 +101,8 @@ class ConfidentlyWrong(Rule):
     over the same points (a model that learns fast is briefly confident before it is
     right, with accuracy rising), nor is `<stream>/teacher_agree` when a teacher is
     observed (a distilled student is confident in its teacher's picks, which may not
-    be the labels: that is what it is trained to do). Needs 10 points. Clears when the median is back
-    above -0.05 or the gap trend turns rising. Warning.
+    be the labels: that is what it is trained to do). Needs 10 points. Clears when the
+    median is back above -0.05 or the gap trend turns rising. Warning.
     """
 
     id = "confidently_wrong"
