@@ -75,8 +75,12 @@ class Run:
         alert_rules: Any = None,
         webhook: str | None = None,
         exporters: Sequence[Any] = (),
+        system_metrics: bool | float = True,
     ) -> None:
         check_name(project, "project")
+        from trainspect.probes.system import interval_of, start_sampler
+
+        system_interval_s = interval_of(system_metrics)  # GPU, CPU, RAM, disk: probes/system
         for argument, value in (("log_every", log_every), ("samples_every", samples_every),
                                 ("num_samples", num_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
@@ -146,6 +150,7 @@ class Run:
             alert_rules=[rule.id for rule in self.alerts.rules],
             **describe_process(),
         )
+        self._system = start_sampler(self, system_interval_s if self._ranks.writes else None)
         lifecycle.register(self)
 
     # ---- opening the store ---------------------------------------------------------------
@@ -557,6 +562,8 @@ class Run:
         if self._finished:
             return
         try:
+            if getattr(self, "_system", None) is not None:
+                self._system.stop()
             if self._ranks.final_flush_ok(status, meta):  # not across ranks after an error
                 self._flush_device()
             self._writer.set_meta(status=status, ended_at=time.time(),
