@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import Data, Panel, Params, finite, int_param
 from trainspect.store.reader import RunView
 
@@ -58,7 +59,8 @@ def _impl(view: RunView, step: int | None = None, top_k: int = 5) -> Data:
     if matrix is None:
         matrix, source = _from_scalars(view), "scalars"
     if matrix is None:
-        return {"empty": True, "steps": [], "top": [], "timeline": None}
+        return {"empty": True, "steps": [], "top": [], "timeline": None,
+                "reason": reasons.watched(view, "LoRA data", "lora/")}
     values = [[finite(v) or 0.0 for v in row] for row in matrix["values"]]
     layers = [str(r) for r in matrix["row_labels"]] or [str(i) for i in range(len(values))]
     blocks = [str(c) for c in matrix["col_labels"]] or [
