@@ -42,7 +42,8 @@ def site(tmp_path_factory):
     short = f"demo/{run.id}"
     with ts.init(project="demo", name="bars", dir=root, system_metrics=False) as run:
         run.log({"loss": 1.0}, step=1)  # 11.65 has the longer note: narrower before the fix
-        run.emit(Matrix("lora/layers", 1, [[3.883, 3.883, 3.884], [11.61, 0.0, 0.0],
+        third = 11.65 / math.sqrt(3)  # a layer's total is the norm over its blocks
+        run.emit(Matrix("lora/layers", 1, [[third, third, third], [11.61, 0.0, 0.0],
                                            [1.0, 0.5, 0.25]],
                         ["long", "short", "small"], ["qkv", "o", "mlp"]))
     bars = f"demo/{run.id}"
@@ -205,6 +206,7 @@ def test_lora_bars_share_one_scale(page, site):
     by = {r["label"]: r for r in rows}
     assert len({round(r["track"], 1) for r in rows}) == 1  # one track width for all bars
     assert by["layer long"]["fill"] > by["layer short"]["fill"]  # 11.65 > 11.61
-    for label, total in (("layer long", 11.65), ("layer short", 11.61), ("layer small", 1.75)):
+    for label, total in (("layer long", 11.65), ("layer short", 11.61),
+                         ("layer small", math.sqrt(1.3125))):
         assert by[label]["fill"] / by[label]["track"] == pytest.approx(total / 11.65, abs=0.002)
     assert math.isclose(by["layer long"]["fill"], by["layer long"]["track"], rel_tol=1e-3)

@@ -101,3 +101,17 @@ def test_system_panel_overlays_gpus_with_units(runs):
     empty = _init(runs)
     empty.finish()
     assert "system_metrics=False" in _query(runs, empty, "system")["reason"]
+
+
+def test_a_full_fine_tune_shows_its_weight_change_in_the_lora_panel(runs):
+    """No adapters: run.watch writes delta/layers (||W - W0|| per layer and block)."""
+    run = _init(runs)
+    run.log({"delta/layers.0/qkv": 1.0, "delta/total": 2.0}, step=10)
+    run.emit(ts.Matrix("delta/layers", 10, [[3.0, 4.0], [1.0, float("nan")]],
+                       ["layers.0", "layers.1"], ["qkv", "mlp"]))
+    run.finish()
+    data = _query(runs, run, "lora")
+    assert data["family"] == "delta" and "no LoRA adapters" in data["note"]
+    assert data["totals"] == [5.0, 1.0] and data["top"][0]["layer"] == "layers.0"  # 3-4-5
+    assert data["timeline"]["steps"] == [10]
+    assert not any(k.startswith("delta/") for k in _query(runs, run, "scalars")["keys"])

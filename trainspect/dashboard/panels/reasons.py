@@ -115,6 +115,7 @@ def watched(view: RunView, what: str, prefix: str) -> str:
             return f"No {what} yet: it arrives with {_first_flush(view)} once watched ({how})."
         return f"No {what}: run.watch was not called in this run ({how})."
     if prefix == "lora/":
-        return ("No LoRA layers: run.watch found no LoRA adapters in this model (a full "
-                "fine-tune, or adapters it does not recognise); see Gradients instead.")
+        return ("No LoRA layers: run.watch found no LoRA adapters in this model, and the "
+                "weight change of a full fine-tune is off (watch(full_deltas=True) turns it "
+                "on); see Gradients instead.")
     return f"No {what}: run.watch is on, but this family was switched off or saw nothing."

@@ -249,7 +249,7 @@ TS.App = class {
     for (const name of ev.matrices || []) {
       if (name.endsWith("/calibration")) reload("calibration");
       else if (name === "eval/pattern_length") reload("patterns");
-      else if (name === "lora/layers") reload("lora");
+      else if (name === "lora/layers" || name === "delta/layers") reload("lora");
     }
     if (ev.alerts) { reload("alerts"); reload("doctor"); reload("fixed_eval"); reload("predictions"); }
     if (ev.status) this.refreshRuns();
