@@ -30,7 +30,8 @@ def site(tmp_path_factory):
     r8 = make_run(root, name="r8", steps=300, seed=3, rate=0.6)
     with ts.init(project="demo", name="signed", dir=root, system_metrics=False) as run:
         for step, value in enumerate(SIGNED, start=1):
-            run.log({"loss": 1.0, "custom/signed": value}, step=step)
+            run.log({"loss": 1.0, "custom/signed": value, "custom/narrow": 0.9240 + step / 2e4},
+                    step=step)
     signed = f"demo/{run.id}"
     with ts.init(project="demo", name="short", dir=root, samples_every=200, num_samples=2,
                  system_metrics=False) as run:  # 30 steps, samples_every 200
@@ -109,6 +110,9 @@ def test_log_axes_leave_gaps_where_they_cannot_draw(page, site):
         set_control(page, f"#toolbar .axis-{name}", False)
     wait_js(page, "TS.app.card('scalars').charts[0].plot.scales.y.distr === 1")
     assert drawn(page, "scalars", "custom/signed") == SIGNED
+    ticks = page.evaluate("TS.app.card('scalars').charts.find(c => c.spec.id === 'custom/narrow')"
+                          ".plot.axes[1]._values")
+    assert len(ticks) > 2 and len(set(ticks)) == len(ticks)  # 0.9241, 0.9242: not 0.924 twice
     assert page.problems == []
 
 

@@ -40,11 +40,21 @@ TS.joinSeries = function (seriesList) {
   return out;
 };
 
-TS.axisFmt = function (v) {
+TS.axisFmt = function (v, digits) {
   if (v === null || v === undefined) return "";
   const a = Math.abs(v);
-  if (v !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(1);
-  return String(+v.toPrecision(3));
+  if (v !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(Math.max(1, (digits || 3) - 2));
+  return String(+v.toPrecision(digits || 3));
+};
+
+// An axis's tick labels: 3 significant digits, more when ticks close together would
+// otherwise read the same (0.924, 0.924, ...).
+TS.axisLabels = function (vals) {
+  for (let digits = 3; digits < 10; digits++) {
+    const labels = vals.map((v) => TS.axisFmt(v, digits));
+    if (new Set(labels).size === new Set(vals).size) return labels;
+  }
+  return vals.map((v) => TS.axisFmt(v, 10));
 };
 
 TS.pointCount = function (data) {
@@ -126,8 +136,8 @@ TS.LineChart = class {
       cursor: {drag: {x: true, y: false}},
       series: [{label: "step", value: (u, v) => (v === null ? "-" : String(Math.floor(v)))},
         ...this.seriesOpts()],
-      axes: [{size: 30, values: (u, vals) => vals.map(TS.axisFmt)},
-        {size: 56, values: (u, vals) => vals.map(TS.axisFmt)}],
+      axes: [{size: 30, values: (u, vals) => TS.axisLabels(vals)},
+        {size: 56, values: (u, vals) => TS.axisLabels(vals)}],
       hooks: {setSelect: [(u) => self.onSelect(u)]},
     };
     this.data = frame.data;
