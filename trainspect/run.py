@@ -75,7 +75,7 @@ class Run:
         alert_rules: Any = None,
         webhook: str | None = None,
         exporters: Sequence[Any] = (),
-        system_metrics: bool | float = True,
+        system_metrics: bool | float | None = None,
     ) -> None:
         check_name(project, "project")
         from trainspect.probes.system import interval_of, start_sampler

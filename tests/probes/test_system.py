@@ -79,6 +79,17 @@ def test_switched_off_by_the_init_option(runs):
     assert interval_of(True) == 10.0 and interval_of(2) == 2.0 and interval_of(False) is None
 
 
+def test_the_environment_decides_when_the_argument_is_left_out(runs, monkeypatch):
+    assert interval_of(None) is None  # the runs fixture sets it off for every test
+    for raw, expected in (("", 10.0), ("0", None), ("false", None), ("2.5", 2.5)):
+        monkeypatch.setenv("TRAINSPECT_SYSTEM_METRICS", raw)
+        assert interval_of(None) == expected, raw
+    assert interval_of(False) is None and interval_of(1.0) == 1.0  # the argument wins
+    monkeypatch.setenv("TRAINSPECT_SYSTEM_METRICS", "sometimes")
+    with pytest.raises(TrainspectError, match=r"\$TRAINSPECT_SYSTEM_METRICS"):
+        ts.init(project="sys")
+
+
 def test_disk_rates_between_two_counters():
     mib = 2**20
     assert disk_rates((0, 10 * mib), (4 * mib, 16 * mib), 2.0) == (2.0, 3.0)

@@ -3,7 +3,8 @@
 A run starts one daemon thread (`trainspect-system`) that wakes every `interval_s`,
 reads the machine, and hands `Scalar`s to `run.emit` (the writer's record queue) at
 the run's current step. The training thread does nothing for it. `ts.init(...,
-system_metrics=False)` switches it off; a number sets the interval in seconds.
+system_metrics=False)` switches it off, a number sets the interval in seconds, and
+without the argument `$TRAINSPECT_SYSTEM_METRICS` can do either (0 or off: no thread).
 
 Sources are optional and found once: NVML (`pynvml`, from the `nvidia-ml-py` package)
 for the GPUs this process may use (`CUDA_VISIBLE_DEVICES` respected, numbered as CUDA
@@ -44,11 +45,27 @@ GIB = 2.0**30
 MIB = 2.0**20
 
 
+ENV = "TRAINSPECT_SYSTEM_METRICS"  # 0 / off / false, or an interval, when the argument is not
+
+
 def interval_of(option: Any) -> float | None:
-    """`system_metrics=` as an interval in seconds: None when off."""
+    """`system_metrics=` as an interval in seconds: None when off. Left at None, the
+    environment decides (`$TRAINSPECT_SYSTEM_METRICS`: 0, off or false, or seconds),
+    else it is on."""
+    if option is None:
+        raw = os.environ.get(ENV, "").strip().lower()
+        if not raw:
+            return DEFAULT_INTERVAL_S
+        if raw in ("0", "off", "false", "no"):
+            return None
+        try:
+            option = float(raw)
+        except ValueError:
+            raise TrainspectError(f"expected ${ENV} to be 0, off, false or an interval in "
+                                  f"seconds, got {raw!r}") from None
     if option is True:
         return DEFAULT_INTERVAL_S
-    if option is False or option is None:
+    if option is False:
         return None
     if isinstance(option, (int, float)) and option > 0:
         return float(option)
