@@ -9,45 +9,28 @@ alert while training goes on.
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Sequence
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
 from trainspect import lifecycle
+from trainspect.clock import StepClock
+from trainspect.console import console_for_verbose, log_alert
 from trainspect.distributed import RankSync
-from trainspect.errors import TrainspectError
+from trainspect.errors import TrainspectError, safe_repr
 from trainspect.flush import Flusher, Part
-from trainspect.paths import check_name, new_run_id, run_path, runs_dir
+from trainspect.inputs import as_step, check_counts, clean_metrics, config_dict
+from trainspect.paths import check_name, runs_dir
 from trainspect.probes.base import Probe
-from trainspect.records import ALERT_LEVELS, Alert, Scalar
+from trainspect.records import ALERT_LEVELS, Alert
 from trainspect.runinfo import describe_process
+from trainspect.store.claim import Claim, claim_run
+from trainspect.store.null import NullWriter
+from trainspect.window import probe_part, tensor_parts
 
 log = logging.getLogger("trainspect")
-
-
-class _NullWriter:
-    """Stands in for the store when it cannot be opened: accepts and drops everything."""
-
-    def __init__(self) -> None:
-        self.scalars: deque = deque(maxlen=0)
-        self.records: deque = deque(maxlen=0)
-        self.jobs: deque = deque(maxlen=0)
-        self.observers: list = []
-        self.alive = False
-
-    def set_meta(self, **values: Any) -> None:
-        pass
-
-    def flush(self, timeout: float = 60.0) -> bool:
-        return False
-
-    def close(self, timeout: float = 60.0) -> bool:
-        return False
 
 
 class Run:
@@ -78,18 +61,10 @@ class Run:
         system_metrics: bool | float | None = None,
     ) -> None:
         check_name(project, "project")
+        check_counts(log_every, samples_every, num_samples)
         from trainspect.probes.system import interval_of, start_sampler
 
         system_interval_s = interval_of(system_metrics)  # GPU, CPU, RAM, disk: probes/system
-        for argument, value in (("log_every", log_every), ("samples_every", samples_every),
-                                ("num_samples", num_samples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
-                    argument == "log_every" and value < 1):
-                raise TrainspectError(
-                    f"expected `{argument}` to be a {'positive' if argument == 'log_every' else 'non-negative'} int, got {value!r}"  # noqa: E501
-                )
-        if config is not None and not isinstance(config, dict):
-            config = _config_dict(config)
         self.project = project
         self.root = runs_dir(dir)
         self.tokenizer = tokenizer
@@ -97,7 +72,7 @@ class Run:
         self.samples_every = samples_every
         self.num_samples = num_samples
         self.verbose = verbose
-        self.config = dict(config or {})
+        self.config = config_dict(config)
         self.errors: dict[str, int] = {}
         self.rejected_values = 0
         self._warned: set[str] = set()
@@ -111,35 +86,31 @@ class Run:
         self._samples = SampleTaker(tokenizer, num_samples, samples_every,
                                     head=sample_positions[0], tail=sample_positions[1])
         if verbose:
-            _console_for_verbose()
-        self._step = 0
-        self._steps_given = False
-        self._auto_step = 0
-        self._window_end = log_every
+            console_for_verbose()
+        self._clock = StepClock(log_every)
         now = time.time()
         self._ranks = RankSync()  # rank 0 writes; the flush pools every rank's probe state
         self._exporters: list[Any] = []
 
-        attempt, started_at, previous = 1, now, {}
-        if resume is not None and self._ranks.writes:
-            self.path, previous = self._find_resumed(resume)
-            self.id = self.path.stem
-            attempt = int(previous.get("attempt", 1)) + 1
-            started_at = float(previous.get("started_at", now))
-            name = name or previous.get("name")
-            self.config = {**dict(previous.get("config") or {}), **self.config}
-        else:
-            self.id = new_run_id(now)
-            self.path = run_path(self.root, project, self.id)
-        self.name = name or self.id
-        from trainspect.alerts import engine_for_run
+        claim = claim_run(self.root, project, resume, now, writes=self._ranks.writes)
+        self.id, self.path, previous = claim.id, claim.path, claim.previous
+        attempt = int(previous.get("attempt", 1)) + 1 if resume is not None else 1
+        started_at = float(previous.get("started_at", now))
+        self.name = name or previous.get("name") or self.id
+        self.config = {**dict(previous.get("config") or {}), **self.config}
+        try:
+            from trainspect.alerts import engine_for_run
 
-        # The alert rules (`run.alerts.add(rule)` adds more). Bad arguments raise here,
-        # before the run's file is created.
-        self.alerts = engine_for_run(alerts=alerts, alert_rules=alert_rules, webhook=webhook,
-                                     config=self.config,
-                                     run={"id": self.id, "project": project, "name": self.name})
-        self._writer = self._open_writer(attempt) if self._ranks.writes else _NullWriter()
+            # The alert rules (`run.alerts.add(rule)` adds more). Bad arguments raise
+            # here; a file this init created is removed again.
+            self.alerts = engine_for_run(alerts=alerts, alert_rules=alert_rules,
+                                         webhook=webhook, config=self.config,
+                                         run={"id": self.id, "project": project,
+                                              "name": self.name})
+        except BaseException:
+            claim.abandon()
+            raise
+        self._writer = self._open_writer(claim, attempt)
         self.add_observer(self.alerts.observe)
         if exporters:
             self.export_to(*exporters)
@@ -155,53 +126,43 @@ class Run:
 
     # ---- opening the store ---------------------------------------------------------------
 
-    def _find_resumed(self, resume: str) -> tuple[Path, dict[str, Any]]:
-        from trainspect.store.reader import Reader
-
-        try:
-            view = Reader(self.root).run(f"{self.project}/{resume}")
-        except TrainspectError as err:
-            raise TrainspectError(f"cannot resume: `resume`={resume!r}: {err}") from err
-        meta = dict(view.meta)
-        view.close()
-        return view.path, meta
-
-    def _open_writer(self, attempt: int) -> Any:
+    def _open_writer(self, claim: Claim, attempt: int) -> Any:
+        """The store for the claimed file; a NullWriter, with one error, if it cannot be."""
+        if claim.lock is None and claim.error is None:
+            return NullWriter()  # a rank that does not write
         from trainspect.store.writer import StoreWriter
 
         try:
-            return StoreWriter(self.path, attempt=attempt)
+            if claim.error is not None:
+                raise claim.error
+            return StoreWriter(self.path, attempt=attempt, lock=claim.lock)
         except (OSError, sqlite3.Error, TrainspectError) as err:
+            claim.abandon()
             log.error(
                 "trainspect: cannot open the run store at %s (%s). Training goes on, but "
                 "this run records nothing: set `dir=` or $TRAINSPECT_DIR to a writable place.",
                 self.path, err,
             )
-            return _NullWriter()
+            return NullWriter()
 
     # ---- the step clock --------------------------------------------------------------------
 
     @property
     def step(self) -> int:
         """The highest step any call has given so far."""
-        return self._step
+        return self._clock.step
+
+    @property
+    def _step(self) -> int:
+        return self._clock.step
 
     def _advance(self, step: Any) -> int:
-        """Take the caller's step, flushing the window when a later one begins."""
-        if step is None:
-            if self._steps_given:
-                return self._step
-            step = self._auto_step
-            self._auto_step += 1
-        else:
-            if type(step) is not int:
-                step = _as_step(step)
-            self._steps_given = True
-        if step > self._window_end:
+        """Take the caller's step (TrainspectError if it is not one), flushing the window
+        when a later one begins."""
+        step = self._clock.resolve(step)
+        if self._clock.ends_window(step):
             self._flush_device()
-            self._window_end = -(-step // self.log_every) * self.log_every
-        if step > self._step:
-            self._step = step
+        self._clock.move_to(step)
         return step
 
     # ---- logging -------------------------------------------------------------------------
@@ -226,7 +187,8 @@ class Run:
             now = time.time()
             for key, value in metrics.items():
                 if type(value) is not float or type(key) is not str:
-                    values = self._clean(metrics, step, now)
+                    values = clean_metrics(metrics, self._reject, lambda key, tensor: (
+                        self._pending_tensors.append((step, now, key, tensor))))
                     break
             else:
                 values = dict(metrics)
@@ -237,33 +199,14 @@ class Run:
         except Exception as err:
             self._internal_error("log", err)
 
-    def _clean(self, metrics: dict[str, Any], step: int, now: float) -> dict[str, float]:
-        values: dict[str, float] = {}
-        for key, value in metrics.items():
-            if not isinstance(key, str) or not key:
-                self._reject(repr(key), value, "metric names must be non-empty strings")
-            elif type(value) is float or (isinstance(value, Real)):
-                values[key] = float(value)
-            elif _is_tensor(value):
-                if value.numel() != 1:
-                    self._reject(key, value, f"expected a 0-d tensor, got shape "
-                                             f"{tuple(value.shape)}")
-                elif value.device.type == "cpu":
-                    values[key] = float(value.detach().reshape(()))
-                else:
-                    self._pending_tensors.append((step, now, key, value.detach().reshape(())))
-            elif hasattr(value, "item") and getattr(value, "size", 0) == 1:
-                values[key] = float(value.item())  # 1-element numpy arrays
-            else:
-                self._reject(key, value, "expected a number")
-        return values
-
     def _reject(self, key: str, value: Any, why: str) -> None:
         self.rejected_values += 1
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("trainspect: step %d: dropped %s=%.80r (%s); this warning is shown once "
-                        "per key, rejected values are counted", self._step, key, value, why)
+            log.warning("trainspect: step %d: dropped %s=%s (%s); this warning is shown once "
+                        "per key, rejected values are counted", self._step,
+                        key if isinstance(key, str) else safe_repr(key, 80),
+                        safe_repr(value, 80), why)
 
     def observe(
         self,
@@ -296,19 +239,22 @@ class Run:
         if self._finished:
             self._reject("observe", stream, "the run has finished")
             return
+        name = safe_repr(stream, 80)
         try:
             step = self._advance(step)
-            from trainspect.probes.observe_args import observe_problem
-
-            problem = observe_problem(logits, labels, mask, target_logits, stream, group,
-                                      input_ids, attention_mask)
-            if problem is not None:
-                kind = "".join(c for c in problem if not c.isdigit())  # one alert per kind
-                self._input_alert(f"observe:{stream}:{kind}",
-                                  f"observe(stream={stream!r}): {problem}",
-                                  "Fix the arguments passed to run.observe; this batch was "
-                                  "skipped and training goes on.")
-                return
+        except Exception as err:  # TrainspectError, or a step odd enough to break the check
+            self._input_alert(f"observe:{name}:step", f"observe(stream={name}): {err}",
+                              "Pass the loop's integer step; this batch was skipped.")
+            return
+        problem = self._observe_problem(logits, labels, mask, target_logits, stream, group,
+                                        input_ids, attention_mask, ignore_index, token_names)
+        if problem is not None:
+            kind = "".join(c for c in problem if not c.isdigit())  # one alert per kind
+            self._input_alert(f"observe:{name}:{kind}", f"observe(stream={name}): {problem}",
+                              "Fix the arguments passed to run.observe; this batch was "
+                              "skipped and training goes on.")
+            return
+        try:
             if "tokens" in self._disabled:
                 return
             probe = self._probes.get("tokens")
@@ -333,10 +279,18 @@ class Run:
                 if self._samples.due(stream, step):
                     self._take_samples(step, stream, group, logits, labels, mask, input_ids,
                                        attention_mask, token_names, ignore_index)
-        except TrainspectError as err:
-            self._reject("step", step, str(err))
         except Exception as err:
             self.probe_failed("tokens", "observe", err)
+
+    @staticmethod
+    def _observe_problem(*args: Any) -> str | None:
+        """What is wrong with observe's arguments; a check that fails is a problem too."""
+        try:
+            from trainspect.probes.observe_args import observe_problem
+
+            return observe_problem(*args)
+        except Exception as err:  # arguments odd enough to break the check: skip the batch
+            return f"the arguments could not be checked ({type(err).__name__}: {err})"
 
     def _take_samples(self, step: int, stream: str, group: str | None, logits: Any,
                       labels: Any, mask: Any, input_ids: Any, attention_mask: Any,
@@ -359,11 +313,11 @@ class Run:
         logging.getLogger("trainspect.samples").info("\n%s", format_samples(rows))
 
     def _input_alert(self, key: str, message: str, action: str) -> None:
-        """One alert per kind of bad input, not one per step."""
+        """Count bad input every time; alert once per kind, not once per step."""
+        self.rejected_values += 1
         if key in self._warned:
             return
         self._warned.add(key)
-        self.rejected_values += 1
         self._deliver(Alert(step=self._step, rule="bad_input", level="warning", message=message,
                             action=action, wall_time=time.time()))
 
@@ -374,14 +328,18 @@ class Run:
             if level not in ALERT_LEVELS:
                 self._reject("alert.level", level, f"expected one of {ALERT_LEVELS}")
                 level = "warning"
-            step = self._step if step is None else _as_step(step)
+            try:
+                step = self._clock.step if step is None else as_step(step)
+            except TrainspectError as err:
+                self._reject("alert.step", step, f"{err}; the alert is kept at the run's step")
+                step = self._clock.step
             self._deliver(Alert(step=step, rule="user", level=level, message=str(text),
                                 action=str(action), wall_time=time.time()))
         except Exception as err:
             self._internal_error("alert", err)
 
     def _deliver(self, alert: Alert) -> None:
-        _log_alert(alert)
+        log_alert(alert)
         self._writer.records.append(alert)
 
     def emit(self, *records: Any) -> None:
@@ -494,8 +452,9 @@ class Run:
         """Queue the window's device values for the writer; never waits for the device."""
         try:
             probes = self._ranks.agree(self, list(self._probes.values()))
-            parts = [self._probe_part(p) for p in probes]
-            parts.extend(self._tensor_parts())
+            parts = [probe_part(p, self._clock.step, self.probe_failed) for p in probes]
+            pending, self._pending_tensors = self._pending_tensors, []
+            parts.extend(tensor_parts(pending))
             parts = self._ranks.parts(self, [p for p in parts if p is not None])
             job = self._flusher.start(parts)
             for probe in list(self._probes.values()):
@@ -508,50 +467,13 @@ class Run:
         except Exception as err:
             self._internal_error("flush", err)
 
-    def _probe_part(self, probe: Probe) -> Part | None:
-        try:
-            tensors = list(probe.state())
-        except Exception as err:
-            self.probe_failed(probe.name, "state", err)
-            return None
-        step = self._step
-
-        def consume(arrays: list) -> list:
-            try:
-                records = probe.compute(arrays, step, time.time())
-            except Exception as err:
-                self.probe_failed(probe.name, "compute", err)
-                return []
-            for record in records:
-                if isinstance(record, Alert):
-                    _log_alert(record)
-            return records
-
-        return Part(tensors, consume)
-
-    def _tensor_parts(self) -> list[Part]:
-        pending, self._pending_tensors = self._pending_tensors, []
-        groups: dict[tuple, list[tuple[int, float, str, Any]]] = {}
-        for entry in pending:
-            groups.setdefault((entry[3].device, entry[3].dtype), []).append(entry)
-        parts = []
-        for entries in groups.values():
-            import torch
-
-            def consume(arrays: list, entries: list = entries) -> list:
-                return [Scalar(key, step, float(v), wall_time)
-                        for (step, wall_time, key, _), v in zip(entries, arrays[0].tolist())]
-
-            parts.append(Part([torch.stack([e[3] for e in entries])], consume, reduce=False))
-        return parts
-
     def flush(self, timeout: float = 60.0) -> bool:
         """Make everything logged so far durable; True once it is in the store."""
         if self._finished:
             return False
         try:
             self._flush_device()
-            self._window_end = -(-(self._step + 1) // self.log_every) * self.log_every
+            self._clock.close_window()
             return self._writer.flush(timeout)
         except Exception as err:
             self._internal_error("flush", err)
@@ -600,52 +522,6 @@ class Run:
             log.warning("trainspect: internal error in %s (%s: %s); training goes on, "
                         "further errors here are counted", where, type(err).__name__, err,
                         exc_info=log.isEnabledFor(logging.DEBUG))
-
-
-def _log_alert(alert: Alert) -> None:
-    """The console's copy of an alert: one readable line at the alert's level."""
-    log.log(
-        {"info": logging.INFO, "warning": logging.WARNING}.get(alert.level, logging.ERROR),
-        "trainspect [%s] step %d: %s%s", alert.level, alert.step, alert.message,
-        f" -> {alert.action}" if alert.action else "",
-    )
-
-
-def _console_for_verbose() -> None:
-    """verbose=True asks for output on the console: give trainspect's logger a stderr
-    handler at INFO unless the application already configured one."""
-    logger = logging.getLogger("trainspect")
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-
-
-def _is_tensor(value: Any) -> bool:
-    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
-
-
-def _as_step(step: Any) -> int:
-    if _is_tensor(step):
-        raise TrainspectError("expected `step` to be an int, got a tensor (that would sync)")
-    if isinstance(step, bool) or not isinstance(step, Real) or not math.isfinite(step):
-        raise TrainspectError(f"expected `step` to be an int, got {step!r}")
-    return int(step)
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    """Accept argparse Namespaces, dataclasses and objects with __dict__ as config."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    if hasattr(config, "to_dict"):
-        return dict(config.to_dict())
-    if hasattr(config, "__dict__"):
-        return dict(vars(config))
-    raise TrainspectError(f"expected `config` to be a dict, got {type(config).__name__}")
 
 
 def init(

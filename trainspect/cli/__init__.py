@@ -22,6 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RUN_HELP = ("the run: its id, a unique part of it (e.g. its last digits), or its name; "
+            "project/<any of these> searches one project")
+
+
+def add_run_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help=RUN_HELP)
+
+
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=None,
                         help="runs directory (default: $TRAINSPECT_DIR, else ./trainspect-runs)")

@@ -9,10 +9,10 @@ from trainspect.store.reader import Reader
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from trainspect.cli import add_dir_argument
+    from trainspect.cli import add_dir_argument, add_run_argument
 
     parser = sub.add_parser("export", help="write a run's metrics to csv, json or parquet")
-    parser.add_argument("run", help="run id, a unique prefix of it, or project/run_id")
+    add_run_argument(parser)
     add_dir_argument(parser)
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("-o", "--output", required=True, help="file to write")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from trainspect.cli.format import number, table, when
-from trainspect.store.reader import Reader
+from trainspect.errors import TrainspectError
+from trainspect.store.reader import Reader, Unreadable
 from trainspect.summary import headline
 
 
@@ -20,15 +22,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     reader = Reader(args.dir)
-    views = reader.runs(args.project)
-    if not views:
-        print(f"no runs in {reader.root}")
-        return 0
+    views, unreadable = reader.scan(args.project)
     rows = []
     for view in views:
-        numbers = "  ".join(f"{k}={number(v)}" for k, v in headline(view).items())
+        try:
+            numbers = "  ".join(f"{k}={number(v)}" for k, v in headline(view).items())
+            last = view.last_step()
+        except TrainspectError as err:  # damage the listing's checks could not see
+            unreadable.append(Unreadable.of(view.path, err))
+            continue
+        finally:
+            view.close()
         rows.append([view.id, view.project, view.name if view.name != view.id else "",
-                     view.status, str(view.last_step() if view.last_step() is not None else "-"),
-                     when(view.started_at), numbers])
+                     view.status, "-" if last is None else str(last), when(view.started_at),
+                     numbers])
+    for bad in unreadable:  # one line each, on stderr: the listing stays parseable
+        print(f"trainspect: {bad}", file=sys.stderr)
+    if not rows:
+        print(f"no runs in {reader.root}")
+        return 0
     print(table(["id", "project", "name", "status", "step", "started", "latest"], rows))
     return 0

@@ -6,10 +6,10 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from trainspect.cli import add_dir_argument
+    from trainspect.cli import add_dir_argument, add_run_argument
 
     parser = sub.add_parser("report", help="write one self-contained HTML report of a run")
-    parser.add_argument("run", help="run id, a unique prefix of it, or project/run_id")
+    add_run_argument(parser)
     add_dir_argument(parser)
     parser.add_argument("-o", "--output", default="report.html", help="file to write")
     parser.set_defaults(handler=run)

@@ -10,10 +10,10 @@ from trainspect.summary import key_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from trainspect.cli import add_dir_argument
+    from trainspect.cli import add_dir_argument, add_run_argument
 
     parser = sub.add_parser("show", help="summary of one run: metrics, samples, alerts")
-    parser.add_argument("run", help="run id, a unique prefix of it, or project/run_id")
+    add_run_argument(parser)
     add_dir_argument(parser)
     parser.add_argument("--samples", action="store_true", help="print the latest samples")
     parser.set_defaults(handler=run)
@@ -29,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if git:
         print(f"  git      {git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''}")
     print(f"  file     {view.path}")
+    losses = {k: meta[k] for k in ("dropped_points", "dropped_records", "lost_points",
+                                   "lost_records", "file_recreated") if meta.get(k)}
+    if losses or meta.get("store_error"):
+        print("  store    " + ", ".join(f"{k}={v:,}" for k, v in losses.items())
+              + (f"  ({meta['store_error']})" if meta.get("store_error") else ""))
     if view.config:
         print("  config   " + ", ".join(f"{k}={v}" for k, v in list(view.config.items())[:12]))
     rows = []

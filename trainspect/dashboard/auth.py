@@ -16,6 +16,8 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
+from trainspect.errors import TrainspectError
+
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 COOKIE = "trainspect_token"
 
@@ -24,6 +26,18 @@ Scope = dict[str, Any]
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def check_token(token: str) -> str:
+    """`token` if it can guard the dashboard, else one TrainspectError naming `--token`."""
+    if not isinstance(token, str) or not token.strip():
+        raise TrainspectError(
+            f"`--token` is empty ({token!r}), which a blank cookie would satisfy: give a "
+            "real token, or leave `--token` out to have one generated")
+    if token != token.strip() or any(c in token for c in ";,\"\\") or not token.isprintable():
+        raise TrainspectError("`--token` must be printable, without spaces at its ends, "
+                              "';', ',', '\"' or '\\' (it travels in a cookie)")
+    return token
 
 
 def is_loopback(host: str) -> bool:
@@ -72,7 +86,7 @@ class TokenGuard:
 
     def __init__(self, app: Any, token: str | None) -> None:
         self.app = app
-        self.token = token
+        self.token = None if token is None else check_token(token)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":  # the dashboard has none: refuse, never bypass

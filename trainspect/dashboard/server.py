@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainspect.dashboard.auth import is_loopback, new_token
+from trainspect.dashboard.auth import check_token, is_loopback, new_token
 from trainspect.errors import TrainspectError
 
 log = logging.getLogger("trainspect.dashboard")
@@ -49,10 +49,15 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def resolve_token(host: str, token: str | None) -> str | None:
-    """The token to require: the one given, else a new one unless bound to the loopback."""
-    if token is None and not is_loopback(host):
-        return new_token()
-    return token
+    """The token to require: the one given, else a new one unless bound to the loopback.
+
+    An empty or blank token (`--token "$UNSET"`) is refused: a blank cookie would
+    satisfy it.
+    """
+    if token is not None:
+        check_token(token)
+        return token
+    return None if is_loopback(host) else new_token()
 
 
 def url_for(host: str, port: int, token: str | None) -> str:

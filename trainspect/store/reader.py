@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,53 +17,21 @@ from trainspect.errors import TrainspectError
 from trainspect.paths import RUN_SUFFIX, run_files, runs_dir
 from trainspect.store import schema
 from trainspect.store.chunks import decode, decode_steps, downsample
-from trainspect.store.connect import connect_for_read
+from trainspect.store.liveness import STALE_HEARTBEAT_S, derive_status
+from trainspect.store.lookup import find_run
 from trainspect.store.matrices import unpack_matrix
+from trainspect.store.runfile import RunFile, Unreadable
 
-# A run still marked running whose heartbeat is older than this has crashed.
-STALE_HEARTBEAT_S = 60.0
+__all__ = ["STALE_HEARTBEAT_S", "Reader", "RunView", "Unreadable", "derive_status",
+           "open"]
 
 
-def derive_status(meta: dict[str, Any], now: float | None = None) -> str:
-    """running / finished / failed as written, or crashed when the writer is gone.
+class RunView(RunFile):
+    """One run, read from its file: identity, series, samples, matrices, alerts.
 
-    The writer beats every few seconds. A run whose process died (SIGKILL, OOM,
-    a lost node) stops beating: it shows as crashed once its heartbeat is stale,
-    or at once when it ran on this host and its process no longer exists.
+    Creating one reads the run's meta (TrainspectError naming the file if it cannot);
+    its read connection then opens and closes as the process's open limit needs.
     """
-    status = str(meta.get("status", "unknown"))
-    if status != "running":
-        return status
-    now = time.time() if now is None else now
-    beat = float(meta.get("heartbeat_at") or meta.get("started_at") or 0.0)
-    if now - beat > STALE_HEARTBEAT_S:
-        return "crashed"
-    pid = meta.get("pid")
-    if meta.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-        return "crashed"
-    return status
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class RunView:
-    """One run, read from its file. Cheap to create; opens the file on first use."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.project = path.parent.name
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self.meta: dict[str, Any] = {}
-        self.refresh()
 
     # ---- identity and metadata ---------------------------------------------------------
 
@@ -99,39 +61,6 @@ class RunView:
 
     def __repr__(self) -> str:
         return f"RunView({self.project}/{self.id}, status={self.status})"
-
-    def refresh(self) -> RunView:
-        """Re-read the run's metadata (status, heartbeat, end time)."""
-        with self._query() as conn:
-            rows = conn.execute("SELECT key, value FROM meta").fetchall() if self._has(
-                conn, "meta") else []
-        self.meta = {key: json.loads(value) for key, value in rows}
-        return self
-
-    @contextmanager
-    def _query(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                conn = connect_for_read(self.path)
-                try:
-                    schema.check_readable(conn, self.path)
-                except TrainspectError:
-                    conn.close()
-                    raise
-                self._conn = conn
-            yield self._conn
-
-    @staticmethod
-    def _has(conn: sqlite3.Connection, table: str) -> bool:
-        return conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-        ).fetchone() is not None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     # ---- scalars -------------------------------------------------------------------------
 
@@ -377,28 +306,24 @@ class Reader:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     def runs(self, project: str | None = None) -> list[RunView]:
-        """Every readable run, newest first. Unreadable files are skipped, not fatal."""
-        views = []
+        """Every readable run, newest first; `scan` also says which files are not."""
+        return self.scan(project)[0]
+
+    def scan(self, project: str | None = None) -> tuple[list[RunView], list[Unreadable]]:
+        """(readable runs newest first, files that are not: one line each on why)."""
+        views, bad = [], []
         for path in run_files(self.root, project):
             try:
-                views.append(RunView(path))
-            except (TrainspectError, sqlite3.Error):
-                continue
+                views.append(RunView(path).check())
+            except TrainspectError as err:
+                bad.append(Unreadable.of(path, err))
         views.sort(key=lambda v: (v.started_at or 0.0, v.id), reverse=True)
-        return views
+        return views, sorted(bad)
 
-    def run(self, run_id: str) -> RunView:
-        """The run whose id is `run_id` or starts with it (also `project/run_id`)."""
-        project, _, wanted = run_id.rpartition("/")
-        files = run_files(self.root, project or None)
-        exact = [f for f in files if f.name == wanted + RUN_SUFFIX]
-        matches = exact or [f for f in files if f.name.startswith(wanted)]
-        if not wanted or not matches:
-            raise TrainspectError(f"no run {run_id!r} in {self.root}")
-        if len(matches) > 1:
-            names = ", ".join(sorted(f"{f.parent.name}/{f.stem}" for f in matches)[:5])
-            raise TrainspectError(f"run id {run_id!r} is ambiguous in {self.root}: {names}")
-        return RunView(matches[0])
+    def run(self, ref: str) -> RunView:
+        """The run `ref` names: its id, a unique prefix or suffix of it, or its name, each
+        optionally as `project/ref` (see `trainspect.store.lookup`)."""
+        return RunView(find_run(self.root, ref))
 
 
 def open(dir: str | os.PathLike | None = None) -> Reader:  # noqa: A001 - mirrors `ts.open`

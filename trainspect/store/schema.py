@@ -101,6 +101,7 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SEQ_TABLES = ("scalar_chunks", "samples", "matrices", "alerts", "eval_examples")
+CORE_TABLES = ("meta", "keys", "scalar_chunks", "samples", "matrices", "alerts")  # since v1
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -3,16 +3,24 @@
 The training thread only appends to deques (a few hundred nanoseconds). This thread
 wakes every `interval_s`, or at once when asked to flush, runs the pending jobs
 (flush resolutions that turn device buffers into records), packs scalar points into
-one chunk per key, and commits the batch in one transaction. A failed write (full
-disk, read-only file) is logged once, kept in memory and retried; the training
-thread never sees it.
+one chunk per key, and commits the batch in one transaction (`store/commit.py`).
+
+What can go wrong, and what happens (docs/architecture.md, "Faults"):
+- a bad record (a step outside int64, a value json cannot encode) is dropped alone
+  and counted in the run's meta (`dropped_points`, `dropped_records`);
+- SQLite cannot write (full disk, read-only file, I/O error): the batch is kept in
+  memory (bounded) and retried; one log line says so; `flush()` returns False;
+- the run file or its folder is removed while the run writes: the file is made
+  again with the run's meta, one critical alert and a count of what went with the
+  old file (`file_recreated`, `lost_points`, `lost_records`); `flush()` returns
+  False once for it. What was committed after the removal is written again.
+The training thread never sees any of it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
+import os
 import sqlite3
 import threading
 import time
@@ -21,35 +29,25 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from trainspect.records import Alert, EvalExample, Matrix, SampleRow, Scalar
+from trainspect.errors import TrainspectError
+from trainspect.records import Alert, Scalar
 from trainspect.store import schema
-from trainspect.store.chunks import decode_steps, pack
+from trainspect.store.commit import Batch, Committer
 from trainspect.store.connect import connect_for_write
-from trainspect.store.matrices import pack_matrix
+from trainspect.store.lock import Busy, WriterLock
+from trainspect.store.merge import MERGE_FANOUT
+from trainspect.store.rows import Columns, Dropped, add_entries, count_points, scalar_entries
+
+__all__ = ["MAX_HELD_POINTS", "MAX_HELD_RECORDS", "MERGE_FANOUT", "StoreWriter"]
 
 log = logging.getLogger("trainspect.store")
 
-MERGE_FANOUT = 16  # merge a key's chunks once this many of one level have piled up
-MAX_LEVEL = 4  # 16**4 writes per chunk at most: chunks stay a few MB
 MAX_HELD_POINTS = 5_000_000  # what a failing disk may hold in memory before dropping
+MAX_HELD_RECORDS = 10_000
 
 Job = Callable[[], Iterable[Any]]
-# Per key, segments of (int64 steps, float64 values, float64 wall times) arrays.
-Columns = dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 # Sees each committed batch once (new scalar columns, other records); may add records.
 Observer = Callable[[Columns, list[Any]], Iterable[Any]]
-
-
-_INSERT_CHUNK = (
-    "INSERT INTO scalar_chunks (seq, key_id, attempt, level, n, step_min, step_max,"
-    " vmin, vmax, vlast, steps, vals, times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=repr, allow_nan=True)
 
 
 class StoreWriter:
@@ -63,8 +61,10 @@ class StoreWriter:
         interval_s: float = 0.25,
         heartbeat_s: float = 5.0,
         observers: list[Observer] | None = None,
+        lock: WriterLock | None = None,
     ) -> None:
         self.path = path
+        self.lock = lock  # released when the writer stops
         self.attempt = attempt
         self.interval_s = interval_s
         self.heartbeat_s = heartbeat_s
@@ -78,24 +78,36 @@ class StoreWriter:
         self._wake = threading.Event()
         self._stopping = False
         self._last_ok = True
+        self._lost_since_flush = False
         self._failed_messages: set[str] = set()
         self.write_errors = 0
-        self.dropped_points = 0
-        # Held after a failed write, retried first on the next tick.
-        self._held_columns: Columns = {}
-        self._held_records: list[Any] = []
-        self._held_meta: dict[str, Any] = {}
-
-        self._conn = connect_for_write(path)
-        schema.migrate(self._conn, path)
-        self._seq = schema.max_seq(self._conn)
-        self._key_ids: dict[str, int] = dict(
-            (name, key_id) for key_id, name in self._conn.execute("SELECT id, name FROM keys")
-        )
-        self._level_counts: dict[tuple[int, int], int] = {}
+        self.dropped = Dropped()
+        self.lost = {"file_recreated": 0, "lost_points": 0, "lost_records": 0}
+        self._held = Batch()  # kept after a failed write, retried first on the next tick
+        self._meta_written: dict[str, Any] = {}  # to write again into a recreated file
+        self._last_step = 0
+        self._conn: sqlite3.Connection | None = None
+        self._gone = (0, 0)  # points and records committed to a file that was removed
+        self._open()
         self._last_heartbeat = 0.0
         self._thread = threading.Thread(target=self._loop, name="trainspect-writer", daemon=True)
         self._thread.start()
+
+    def _open(self) -> None:
+        """(Re)open the run file: create it if missing, migrate, learn its seqs and keys."""
+        conn = connect_for_write(self.path)
+        try:
+            schema.migrate(conn, self.path)
+            self._committer = Committer(conn, self.attempt, self.dropped)
+            self._identity = _identity(self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    @property
+    def dropped_points(self) -> int:
+        return self.dropped.points
 
     # ---- called from the training thread -------------------------------------------
 
@@ -104,13 +116,16 @@ class StoreWriter:
         self._wake.set()
 
     def flush(self, timeout: float = 60.0) -> bool:
-        """Block until everything enqueued so far is committed; False if it could not be."""
+        """Block until everything enqueued so far is committed; False if it could not be,
+        or if the run file had to be made again since the last flush (data was lost)."""
         if not self._thread.is_alive():
             return False
         done = threading.Event()
         self._barriers.append(done)
         self._wake.set()
-        return done.wait(timeout) and self._last_ok
+        ok = done.wait(timeout) and self._last_ok
+        lost, self._lost_since_flush = self._lost_since_flush, False
+        return ok and not lost
 
     def close(self, timeout: float = 60.0) -> bool:
         """Write what is left, checkpoint the WAL into the main file and stop."""
@@ -135,8 +150,9 @@ class StoreWriter:
             barriers = _drain(self._barriers)  # data enqueued before a barrier is in the deques
             try:
                 self._tick(final=stopping)
-            except Exception as err:  # the loop must survive anything a tick throws
-                self._report("writer tick failed", err)
+            except Exception as err:  # a bug: the loop must survive it, and say what it cost
+                self._report("the writer's tick failed", err,
+                             "what it had taken was kept and is retried")
                 self._last_ok = False
             for barrier in barriers:
                 barrier.set()
@@ -147,210 +163,205 @@ class StoreWriter:
                 return
 
     def _tick(self, final: bool = False) -> None:
+        batch = self._held.add(self._take_fresh())
+        self._held = Batch()
+        now = time.time()
+        if final or now - self._last_heartbeat >= self.heartbeat_s or (
+                self._conn is not None and self._committer.drops_unstored):
+            batch.meta["heartbeat_at"] = now  # and a drop's count, when there is one
+        if not batch:
+            return
+        try:
+            if not self._file_is_ours() and not self._reopen(batch):
+                self._hold(batch)
+                return
+        except Exception:  # a bug: keep the batch (the loop's log line says so)
+            self._hold(batch)
+            raise
+        if not self._commit(batch):
+            return
+        if not self._file_is_ours():  # removed while we wrote: write the batch again
+            self._committer.uncount(batch)
+            self._held = batch.add(self._held)
+            return
+        self._meta_written.update(batch.meta)
+        if batch.meta.get("heartbeat_at") == now:
+            self._last_heartbeat = now
+
+    def _take_fresh(self) -> Batch:
+        """Everything enqueued since the last tick; observers see it here, once."""
         records: list[Any] = []
         for job in _drain(self.jobs):
             try:
                 records.extend(job() or ())
             except Exception as err:
-                self._report("a flush job failed", err)
+                self._report("a flush job failed", err, "its records are lost")
         records.extend(_drain(self.records))
-        fresh: Columns = {}
-        _add_entries(fresh, _drain(self.scalars))
-        _add_entries(fresh, [(r.step, r.wall_time, {r.key: r.value}) for r in records
-                             if isinstance(r, Scalar)])
-        others = [r for r in records if not isinstance(r, Scalar)]
+        fresh = Batch()
+        add_entries(fresh.columns, _drain(self.scalars), self.dropped)
+        add_entries(fresh.columns, scalar_entries(
+            [r for r in records if isinstance(r, Scalar)], self.dropped), self.dropped)
+        fresh.records = [r for r in records if not isinstance(r, Scalar)]
         for observer in self.observers:  # e.g. alert rules: they see each batch once
             try:
-                others.extend(observer(fresh, others) or ())
+                fresh.records.extend(observer(fresh.columns, fresh.records) or ())
             except Exception as err:
-                self._report("an observer failed", err)
-        columns = _merge_columns(self._held_columns, fresh)
-        self._held_columns = {}
-        others = self._held_records + others
-        self._held_records = []
-        meta = self._held_meta
-        self._held_meta = {}
+                self._report("an observer failed", err, "the batch is stored without it")
         for update in _drain(self._meta):
-            meta.update(update)
-        now = time.time()
-        if final or now - self._last_heartbeat >= self.heartbeat_s:
-            meta["heartbeat_at"] = now
-        if not columns and not others and not meta:
-            return
+            fresh.meta.update(update)
+        for segments in fresh.columns.values():
+            self._last_step = max(self._last_step, int(segments[-1][0][-1]))
+        return fresh
+
+    def _commit(self, batch: Batch) -> bool:
+        """Write `batch`; True once it is committed, else it is held for the next tick."""
         try:
-            with self._conn:
-                written = self._write_columns(columns)
-                self._write_records(others)
-                self._write_meta(meta)
-            if meta.get("heartbeat_at") == now:
-                self._last_heartbeat = now
-            self._last_ok = True
-        except sqlite3.Error as err:
-            self._resync_after_rollback()
-            self._hold(columns, others, meta)
-            self._report(f"could not write to {self.path}", err)
+            written = self._committer.commit(batch)
+        except Exception as err:  # OperationalError: full disk, read-only, I/O; else a bug
+            self._hold(batch)
+            self._report(f"could not write to {self.path}", err,
+                         "what was not written is kept in memory and retried")
             self._last_ok = False
-            return
-        self._merge_small_chunks(written)
-
-    def _resync_after_rollback(self) -> None:
-        """Forget ids and seqs handed out inside a transaction that was rolled back."""
-        try:
-            self._seq = max(self._seq, schema.max_seq(self._conn))
-            self._key_ids = dict(
-                (name, key_id) for key_id, name in self._conn.execute("SELECT id, name FROM keys")
-            )
-        except sqlite3.Error:
-            self._key_ids = {}  # re-read lazily once the file answers again
-
-    def _key_id(self, name: str) -> int:
-        key_id = self._key_ids.get(name)
-        if key_id is None:
-            key_id = self._conn.execute("INSERT INTO keys (name) VALUES (?)", (name,)).lastrowid
-            self._key_ids[name] = key_id
-        return key_id
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _write_columns(self, columns: Columns) -> list[int]:
-        rows = []
-        for name, segments in columns.items():
-            if len(segments) == 1:
-                steps, vals, times = segments[0]
-            else:
-                steps, vals, times = (np.concatenate(parts) for parts in zip(*segments))
-            chunk = pack(steps, vals, times)
-            rows.append((
-                self._next_seq(), self._key_id(name), self.attempt, 0 if chunk.ordered else -1,
-                chunk.n, chunk.step_min, chunk.step_max, chunk.vmin, chunk.vmax,
-                _real(chunk.vlast), chunk.steps, chunk.vals, chunk.times,
-            ))
-        self._conn.executemany(_INSERT_CHUNK, rows)
-        return [row[1] for row in rows if row[3] == 0]
-
-    def _write_records(self, records: list[Any]) -> None:
-        for r in records:
-            if isinstance(r, SampleRow):
-                self._conn.execute(
-                    "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.step, r.stream, r.group, r.sample_id, r.context,
-                     _json(r.positions), r.wall_time or time.time()),
-                )
-            elif isinstance(r, Matrix):
-                n_rows, n_cols, blob = pack_matrix(r.values)
-                self._conn.execute(
-                    "INSERT INTO matrices VALUES (?,?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.key, r.step, n_rows, n_cols, blob,
-                     _json(list(r.row_labels)), _json(list(r.col_labels)),
-                     r.wall_time or time.time()),
-                )
-            elif isinstance(r, EvalExample):
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO eval_set VALUES (?,?,?,?,?,?,?)",
-                    (r.eval_name, r.example_id, r.prompt, r.reference, r.pattern,
-                     r.length_bin, r.ref_tokens),
-                )
-                self._conn.execute(
-                    "INSERT INTO eval_examples VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.step, r.eval_name, r.example_id, int(r.em),
-                     _real(r.ce), r.tokens, r.correct_tokens, r.output, r.checkpoint,
-                     r.wall_time or time.time()),
-                )
-            elif isinstance(r, Alert):
-                self._conn.execute(
-                    "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?)",
-                    (self._next_seq(), r.step, r.rule, r.level, r.message, r.action, r.state,
-                     r.wall_time or time.time()),
-                )
-            else:
-                log.warning("trainspect: cannot store a record of type %s", type(r).__name__)
-
-    def _write_meta(self, meta: dict[str, Any]) -> None:
-        if meta:
-            self._conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [(k, _json(v)) for k, v in meta.items()],
-            )
-
-    def _merge_small_chunks(self, key_ids: list[int]) -> None:
-        """Fold each key's level-L chunks into one level L+1 chunk every MERGE_FANOUT writes.
-
-        Only chunks whose steps run strictly upward one after another are merged;
-        the merged chunk keeps the largest seq of its parts, so live readers that
-        already saw them are not sent them again and newest-wins is unchanged.
-        """
-        pending = [(key_id, 0) for key_id in key_ids]
-        while pending:
-            key_id, level = pending.pop()
-            count = self._level_counts.get((key_id, level), 0) + 1
-            if count < MERGE_FANOUT or level >= MAX_LEVEL:
-                self._level_counts[(key_id, level)] = count
-                continue
-            self._level_counts[(key_id, level)] = 0
-            try:
-                with self._conn:
-                    merged = self._merge(key_id, level)
-            except sqlite3.Error as err:
-                self._report(f"could not merge chunks in {self.path}", err)
-                return
-            if merged:
-                pending.append((key_id, level + 1))
-
-    def _merge(self, key_id: int, level: int) -> bool:
-        parts = self._conn.execute(
-            "SELECT seq, n, step_min, step_max, steps, vals, times FROM scalar_chunks "
-            "WHERE key_id = ? AND level = ? AND attempt = ? ORDER BY seq",
-            (key_id, level, self.attempt),
-        ).fetchall()
-        if len(parts) < 2:
             return False
-        if any(b[2] <= a[3] for a, b in zip(parts, parts[1:])):
-            return False  # steps went back somewhere: leave these chunks as written
-        steps = np.concatenate([decode_steps(p[4], p[1], p[2], p[3]) for p in parts])
-        vals = np.concatenate([np.frombuffer(p[5], "<f8") for p in parts])
-        times = np.concatenate([np.frombuffer(p[6], "<f8") for p in parts])
-        chunk = pack(steps, vals, times)
-        self._conn.executemany("DELETE FROM scalar_chunks WHERE seq = ?", [(p[0],) for p in parts])
-        self._conn.execute(_INSERT_CHUNK, (
-            parts[-1][0], key_id, self.attempt, level + 1, chunk.n, chunk.step_min,
-            chunk.step_max, chunk.vmin, chunk.vmax, _real(chunk.vlast), chunk.steps,
-            chunk.vals, chunk.times,
-        ))
+        self._last_ok = True
+        try:
+            self._committer.merge(written)
+        except sqlite3.Error as err:
+            self._report(f"could not merge chunks in {self.path}", err,
+                         "the small chunks stay as they are")
         return True
 
-    def _hold(self, columns: Columns, records: list[Any], meta: dict[str, Any]) -> None:
-        """Keep a batch that could not be written, up to MAX_HELD_POINTS points."""
-        held = sum(seg[0].size for segments in columns.values() for seg in segments)
-        if held > MAX_HELD_POINTS:
-            self.dropped_points += held
-            columns = {}
-        self._held_columns = columns
-        self._held_records = records[-10_000:]
-        self._held_meta = meta
+    # ---- the file removed under the writer ----------------------------------------------
 
-    def _report(self, what: str, err: BaseException) -> None:
+    def _file_is_ours(self) -> bool:
+        return self._conn is not None and _identity(self.path) == self._identity
+
+    def _reopen(self, batch: Batch) -> bool:
+        """Make the run file again; the batch gets the run's meta, the counts of what went
+        with the old file and one critical alert. False if it cannot be made yet."""
+        if self._conn is not None:  # what this writer committed went with the old file
+            self._gone = (self._committer.points, self._committer.records)
+            self._conn.close()
+            self._conn = None
+        try:
+            self._open()
+        except (OSError, sqlite3.Error, TrainspectError) as err:
+            self._report(f"the run file {self.path} was removed and cannot be made again",
+                         err, "what was not written is kept in memory and retried")
+            self._last_ok = False
+            return False
+        self._renew_lock()
+        lost, self._gone = self._gone, (0, 0)
+        self.lost["file_recreated"] += 1
+        self.lost["lost_points"] += lost[0]
+        self.lost["lost_records"] += lost[1]
+        self._lost_since_flush = True
+        batch.meta = {**self._meta_written, **batch.meta, **self.lost}
+        message = (f"the run file {self.path} was removed while the run was writing it; "
+                   f"it was made again, but the {lost[0]:,} points and {lost[1]:,} records "
+                   "written to it before are gone")
+        action = ("Keep the runs directory while runs write to it; restore the old file from "
+                  "a backup if you have one.")
+        log.error("trainspect: %s. %s", message, action)
+        batch.records.append(Alert(step=self._last_step, rule="store_lost", level="critical",
+                                   message=message, action=action, wall_time=time.time()))
+        return True
+
+    def _renew_lock(self) -> None:
+        if self.lock is None:
+            return
+        try:
+            self.lock.renew(self.path)
+        except (Busy, OSError) as err:
+            log.warning("trainspect: could not lock the recreated %s: %s", self.path, err)
+
+    # ---- failures ---------------------------------------------------------------------
+
+    def _hold(self, batch: Batch) -> None:
+        """Keep a batch that could not be written, up to MAX_HELD_POINTS points."""
+        held = count_points(batch.columns)
+        if held > MAX_HELD_POINTS:
+            self.dropped.point(MemoryError(f"over {MAX_HELD_POINTS:,} points held while the "
+                                           "store could not be written"), "held", held)
+            batch.columns = {}
+        if len(batch.records) > MAX_HELD_RECORDS:
+            for record in batch.records[:-MAX_HELD_RECORDS]:
+                self.dropped.record(record, MemoryError(
+                    f"over {MAX_HELD_RECORDS:,} records held while the store could not be "
+                    "written"))
+            batch.records = batch.records[-MAX_HELD_RECORDS:]
+        self._held = batch.add(self._held)
+
+    def _report(self, what: str, err: BaseException, consequence: str) -> None:
         self.write_errors += 1
         message = f"{what}: {err}"
         if message in self._failed_messages:
             return
         self._failed_messages.add(message)
-        log.error(
-            "trainspect: %s. Training goes on; what was not written is kept in memory "
-            "and retried (check free space and permissions of %s).",
-            message, self.path.parent,
-        )
+        log.error("trainspect: %s. Training goes on; %s (check free space and permissions "
+                  "of %s).", message, consequence, self.path.parent)
 
     def _shutdown(self) -> None:
+        keep_lock = False
+        if self._held:  # the final write failed (a full disk): what is held now is lost
+            keep_lock = self._give_up(self._held)
         try:
-            if self._last_ok:
+            if self._last_ok and self._conn is not None:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as err:
-            self._report("could not checkpoint the WAL", err)
+            self._report("could not checkpoint the WAL", err, "the WAL file stays beside it")
         finally:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+            if self.lock is not None:
+                self.lock.release(keep=keep_lock)
+
+    def _give_up(self, batch: Batch) -> bool:
+        """Count what cannot be written at the end, and record how the run ended: in the
+        run file if a small meta write still fits, else as the lock file's last word.
+        True when the lock file holds it (and must stay)."""
+        points, records = count_points(batch.columns), len(batch.records)
+        self.dropped.points += points
+        self.dropped.records += records
+        final = {**batch.meta, "dropped_points": self.dropped.points,
+                 "dropped_records": self.dropped.records,
+                 "store_error": f"the store could not be written at the end: {points:,} "
+                                f"points and {records:,} records were lost"}
+        where, kept = self._write_final(final), False
+        if where is None and self.lock is not None and self.lock.leave_word(final):
+            where, kept = f"in {self.lock.path}, which readers take it from", True
+        log.error("trainspect: could not write %s at the end of the run: %s points and %s "
+                  "records that were waiting are lost (%s and %s in all). The run's status (%s) "
+                  "is %s. Check free space and permissions there before the next run.",
+                  self.path, f"{points:,}", f"{records:,}", f"{self.dropped.points:,}",
+                  f"{self.dropped.records:,}", final.get("status", "?"),
+                  where or "not recorded anywhere: it will read as crashed")
+        return kept
+
+    def _write_final(self, final: dict[str, Any]) -> str | None:
+        """Write `final` as the run's meta, after a WAL checkpoint if the first try fails."""
+        if self._conn is None:
+            return None
+        for attempt in range(2):
+            try:
+                self._committer.commit(Batch(meta=dict(final)))
+                return "in the run file"
+            except sqlite3.Error as err:
+                log.debug("trainspect: final meta write %d failed: %s", attempt, err)
+            try:  # moving the WAL into the file may free WAL space for the small write
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as err:
+                log.debug("trainspect: checkpoint at the end failed: %s", err)
+        return None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what is at `path` now; None when nothing is."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _drain(queue: deque) -> list:
@@ -360,32 +371,3 @@ def _drain(queue: deque) -> list:
             out.append(queue.popleft())
         except IndexError:
             return out
-
-
-def _add_entries(columns: Columns, entries: list[tuple[int, float, dict[str, float]]]) -> None:
-    """Turn logged dicts into per-key arrays, a run of same-keyed dicts at a time."""
-    i, n = 0, len(entries)
-    while i < n:
-        keys = tuple(entries[i][2])
-        j = i + 1
-        while j < n and tuple(entries[j][2]) == keys:
-            j += 1
-        block = entries[i:j]
-        steps = np.fromiter((e[0] for e in block), np.int64, len(block))
-        times = np.fromiter((e[1] for e in block), np.float64, len(block))
-        vals = np.array([list(e[2].values()) for e in block], np.float64).reshape(
-            len(block), len(keys))  # (entries, keys)
-        for column, key in enumerate(keys):
-            columns.setdefault(key, []).append((steps, vals[:, column], times))
-        i = j
-
-
-def _merge_columns(first: Columns, second: Columns) -> Columns:
-    for key, segments in second.items():
-        first.setdefault(key, []).extend(segments)
-    return first
-
-
-def _real(value: float) -> float | None:
-    return value if not math.isnan(value) else None
-
