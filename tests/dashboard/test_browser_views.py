@@ -165,6 +165,8 @@ def test_the_system_tab_shows_system_metrics_only(page, site):
     assert not page.locator("#panel-loss").is_visible() and "tab=system" in page.url
     titles = page.locator("#panel-system .chart-title").all_inner_texts()
     assert "GPU utilisation (%)" in titles and "CPU busy (%)" in titles
+    cpu = "TS.app.card('system').charts.find(c => c.spec.id === 'cpu').plot.scales.y"
+    assert page.evaluate(f"[{cpu}.min, {cpu}.max]") == [0, 100]  # percentages: 0-100
     page.reload()  # the tab is in the link
     page.wait_for_selector("#panel-system .uplot")
     page.locator("#toolbar .tab[data-tab=training]").click()

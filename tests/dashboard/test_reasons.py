@@ -90,7 +90,9 @@ def test_system_panel_overlays_gpus_with_units(runs):
     data = PANELS["system"].query(view_of(runs, ref), {})
     charts = {c["id"]: c for c in data["charts"]}
     assert list(charts) == ["cpu", "ram", "disk", "gpu_util_pct", "gpu_mem_used_gib",
-                            "gpu_power_w", "gpu_temp_c"]
+                            "gpu_power_w", "gpu_temp_c"]  # no ram_pct, mem_pct: not planted
+    assert charts["cpu"]["y_range"] == charts["gpu_util_pct"]["y_range"] == (0.0, 100.0)
+    assert "y_range" not in charts["ram"]
     assert [s["label"] for s in charts["gpu_util_pct"]["series"]] == ["gpu0", "gpu1"]
     assert [s["label"] for s in charts["ram"]["series"]] == ["machine", "this process"]
     assert charts["gpu_mem_used_gib"]["title"] == "GPU memory in use (GiB)"

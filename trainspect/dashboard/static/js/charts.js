@@ -131,7 +131,7 @@ TS.LineChart = class {
       width: width,
       height: this.opts.height || 190,
       scales: {x: frame.logX ? {time: false, distr: 3, log: 10} : {time: false},
-        y: frame.logY ? {distr: 3, log: 10} : {}},
+        y: frame.logY ? {distr: 3, log: 10} : this.yRange()},
       legend: {live: true},
       cursor: {drag: {x: true, y: false}},
       series: [{label: "step", value: (u, v) => (v === null ? "-" : String(Math.floor(v)))},
@@ -152,6 +152,13 @@ TS.LineChart = class {
       });
       this.resizer.observe(this.plotBox);
     }
+  }
+
+  // A chart may ask for a fixed y range (percentages: 0-100); values outside widen it.
+  yRange() {
+    const r = this.spec.y_range;
+    if (!r) return {};
+    return {range: (u, lo, hi) => [Math.min(r[0], lo === null ? r[0] : lo), Math.max(r[1], hi === null ? r[1] : hi)]};
   }
 
   // Draw again with the current settings (smoothing and log axes change the series).
