@@ -1,10 +1,11 @@
 """Screenshots of the dashboard's main views into docs/screenshots/*.png, from real demo runs.
 
-Trains the CPU demo twice into a temporary runs directory (a healthy run and one with
-planted faults, `trainspect demo --plant-faults`), serves them on a free loopback
-port, and photographs the page with Debian's Chromium via Playwright:
+Trains the CPU demo twice into a runs directory (a healthy run and one with planted
+faults, `trainspect demo --plant-faults`), serves them on a free loopback port, and
+photographs the page with Debian's Chromium via Playwright. With `--dir` the runs are
+kept there, and a directory that already holds both is photographed without training:
 
-    python tools/screenshots.py [--out docs/screenshots] [--steps 240]
+    python tools/screenshots.py [--out docs/screenshots] [--steps 240] [--dir D]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     parser.add_argument("--steps", type=int, default=240)
+    parser.add_argument("--dir", default=None, help="keep (or reuse) the demo runs here")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,10 +49,15 @@ def main() -> int:
 
     import trainspect as ts
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run_demo(steps=args.steps, dir=tmp, plant_faults=True)
-        run_demo(steps=args.steps, dir=tmp)
-        healthy, faulty = sorted(ts.open(tmp).runs(), key=lambda v: v.name == "planted-faults")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.dir or scratch
+        demos = [v for v in ts.open(tmp).runs() if v.project == "demo"] if Path(tmp).is_dir() \
+            else []
+        if len(demos) < 2:
+            run_demo(steps=args.steps, dir=tmp, plant_faults=True)
+            run_demo(steps=args.steps, dir=tmp)
+            demos = [v for v in ts.open(tmp).runs() if v.project == "demo"]
+        healthy, faulty = sorted(demos[:2], key=lambda v: v.name == "planted-faults")
         ref, other = f"{healthy.project}/{healthy.id}", f"{faulty.project}/{faulty.id}"
         server = start(tmp, port=0)
         try:

@@ -23,13 +23,19 @@ PROJECT = "demo"
 SAMPLE_IDS = ("eval-0001", "eval-0004", "eval-0008")  # one reasoning, math and coding row
 
 
-def _start_ui(root: str) -> subprocess.Popen | None:
-    """Serve the dashboard in a child process, or say why not and return None."""
-    if importlib.util.find_spec("trainspect.dashboard") is None:
-        print("trainspect: the dashboard is not in this install; training without --ui")
+def _start_ui(root: str, run_id: str) -> subprocess.Popen | None:
+    """Serve the dashboard in a child process, or say why not and return None. The URL
+    is printed here, before the bars start: the child's own banner would cut them."""
+    if importlib.util.find_spec("uvicorn") is None:
+        print("trainspect: the dashboard needs pip install 'trainspect[ui]'; training "
+              "without --ui")
         return None
-    print(f"trainspect: serving the dashboard (trainspect ui --dir {root})")
-    return subprocess.Popen([sys.executable, "-m", "trainspect", "ui", "--dir", root])
+    from trainspect.dashboard.server import DEFAULT_HOST, DEFAULT_PORT
+
+    print(f"  dashboard: http://{DEFAULT_HOST}:{DEFAULT_PORT}/#run={run_id}  "
+          f"(trainspect ui --dir {root})", flush=True)
+    return subprocess.Popen([sys.executable, "-m", "trainspect", "ui", "--dir", root],
+                            stdout=subprocess.DEVNULL)
 
 
 def _summary(result: DemoResult, run_id: str, path: str, dir: str | None) -> str:
@@ -88,7 +94,7 @@ def run(steps: int, dir: str | None, ui: bool, seed: int, plant_faults: bool) ->
                   config=run_config, dir=dir, tokenizer=setup.tokenizer, log_every=10,
                   samples_every=max(steps // 6, 1), num_samples=3)
     _say(f"  run {run.id}: {run.path}")
-    dashboard = _start_ui(str(run.root)) if ui else None
+    dashboard = _start_ui(str(run.root), run.id) if ui else None
     try:
         with run, Console(sys.stdout, steps) as console:
             result = train(run, steps=steps, seed=seed, config=config, setup=setup,
