@@ -24,6 +24,12 @@ window, and `nonfinite` says how many elements were not finite.
 Steps here are the run's step counter when the forward ran: in a loop that logs after
 the backward, that is the previous step. Across ranks the sums add up; absmax and the
 first offence take the maximum over ranks (one small MAX all-reduce at the flush).
+Under FSDP every rank's outputs are its own rows; under tensor parallelism with sequence
+parallelism (torchtitan's plan) its own positions, so the pooled sums are the global
+batch's. A layer output replicated over a tensor-parallel group (TP without sequence
+parallelism) is counted once per rank of that group: mean, std and absmax are the same
+(numerator and denominator scale alike), `nonfinite` counts each element that many times.
+A DTensor output is read as this rank's local piece.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch
 
 from trainspect.distributed import all_reduce_max
 from trainspect.probes.base import Probe
+from trainspect.probes.placement import local
 from trainspect.records import Alert, Scalar
 
 # Offence codes pack (step, module) into one int so that "earliest" is a max-reduction:
@@ -80,7 +87,8 @@ class HiddenProbe(Probe):
         self.every = every
         self.check_every_step = check_every_step
         kw = {"device": device}
-        self.stats = torch.zeros(n, 4, dtype=torch.float64, **kw)  # count, Σx, Σx², nonfinite
+        self.stats = torch.zeros(n, 4, dtype=torch.float64, **kw)  # count, Σx, Σx², finite
+        self._numel = [0] * n  # elements seen per module (host; the count column at flush)
         self.absmax = torch.zeros(n, dtype=torch.float64, **kw)
         self.first = torch.zeros(1, dtype=torch.int64, **kw)  # 0: no offence in the window
         self.host = torch.zeros(3, dtype=torch.float64, **kw)  # checked, sampled, ranks
@@ -118,8 +126,8 @@ class HiddenProbe(Probe):
         """A watched module's output: only noted here, measured at the end of the forward."""
         if not self._collecting:
             return
-        x = first_tensor(output)
-        if x is not None and x.is_floating_point():
+        x = output if type(output) is torch.Tensor else local(first_tensor(output))
+        if x is not None and x.is_floating_point():  # a DTensor output: this rank's piece
             self._outs.append(x)  # a reference; end_forward reads it under no_grad
             self._slots.append(i)
 
@@ -149,12 +157,15 @@ class HiddenProbe(Probe):
 
     def _sample(self, xs: list[torch.Tensor], slots: tuple[int, ...], absmax: torch.Tensor,
                 index: torch.Tensor) -> None:
+        """Σx, Σx² and the finite count of every output: 3 launches per module, 1 add."""
+        sums = torch.stack([torch.sum(x, dtype=torch.float32) for x in xs])  # (k,)
+        norms = torch.stack(torch._foreach_norm(xs, 2, dtype=torch.float32))  # (k,)
+        finite = torch.stack([torch.isfinite(x).sum() for x in xs])  # (k,)
+        update = torch.stack([sums.to(torch.float64), norms.to(torch.float64).square(),
+                              finite.to(torch.float64)], dim=1)  # (k, 3)
+        self.stats[:, 1:].index_add_(0, index, update)
         for slot, x in zip(slots, xs):
-            row = self.stats[slot]
-            row[0].add_(x.numel())
-            row[1].add_(torch.sum(x, dtype=torch.float32))
-            row[2].add_(torch.linalg.vector_norm(x, 2, dtype=torch.float32).square())
-            row[3].add_(x.numel() - torch.isfinite(x).sum())
+            self._numel[slot] += x.numel()  # host: written into the state at the flush
         self.absmax.scatter_reduce_(0, index, absmax.to(torch.float64), "amax")
 
     def _codes_for(self, slots: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,15 +190,28 @@ class HiddenProbe(Probe):
             return ()
         packed = torch.cat([self.absmax, self.first.to(torch.float64)])  # (n + 1,)
         all_reduce_max(packed)  # the flush then sums: compute divides by the rank count
+        self._write_counts()
         self.host[0].fill_(self._checked)  # fill_ passes the value as a kernel argument
         self.host[1].fill_(self._sampled)
         self.host[2].fill_(1)
         return (self.stats, packed, self.host)
 
+    def _write_counts(self) -> None:
+        """The host's element counts into the count column: one index_fill_ per distinct
+        count (the decoder layers' outputs all have B·T·d elements: usually one)."""
+        by_count: dict[int, list[int]] = {}
+        for slot, numel in enumerate(self._numel):
+            if numel:
+                by_count.setdefault(numel, []).append(slot)
+        for numel, slots in by_count.items():
+            index = self._codes_for(tuple(slots))[1]
+            self.stats[:, 0].index_fill_(0, index, numel)  # the value is a kernel argument
+
     def reset(self) -> None:
         self.stats.zero_()
         self.absmax.zero_()
         self.first.zero_()
+        self._numel = [0] * len(self.labels)
         self._checked = self._sampled = 0
 
     def compute(self, state: list[np.ndarray], step: int, wall_time: float) -> list[Any]:
@@ -198,9 +222,10 @@ class HiddenProbe(Probe):
         absmax, first = packed[:n] / ranks, int(round(packed[n] / ranks))
         records: list[Any] = []
         for i, label in enumerate(self.labels):
-            count, s1, s2, nonfinite = stats[i]
+            count, s1, s2, finite = stats[i]
             if count <= 0:
                 continue
+            nonfinite = count - finite
             mean = s1 / count
             std = float(np.sqrt(max(s2 / count - mean * mean, 0.0))) if np.isfinite(
                 s2) else float("nan")

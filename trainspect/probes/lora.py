@@ -20,6 +20,10 @@ Trainable weights that are not LoRA factors (a full fine-tune, or PEFT's
 the start, on the parameter's own device and in its dtype: that costs as much memory
 as those weights, which is why `watch(full_deltas=None)` turns it on only below a size.
 
+Under sharding (FSDP, tensor parallel, ZeRO-3) each rank reads its piece of every
+factor and weight; the Grams and squared norms pool in the flush (lora_grams.py,
+placement.py), so the numbers are those of the whole adapters and weights.
+
 A block's value is the Frobenius norm of all its modules together, sqrt(Σ‖ΔW_m‖²),
 and so is a layer's total. Values are computed at the flush (device work queued on the
 training thread, no sync), at most once per `every` steps: they are values at that
@@ -36,13 +40,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from trainspect.probes.base import Probe
+from trainspect.probes.lora_grams import (
+    Side,
+    delta_sq,
+    host_grams,
+    keeps_start,
+    side_grams,
+    stack_2d,
+)
+from trainspect.probes.placement import Tracked, gather_views, placement_of
 from trainspect.records import Alert, Matrix, Scalar
 
 log = logging.getLogger("trainspect.probes.lora")
@@ -55,8 +68,8 @@ class AdapterRef:
     name: str  # short module name, e.g. "layers.3.self_attn.q_proj"
     layer: str  # "layers.3"
     block: str  # "qkv", "o", "mlp", or another name such as "audio_mlp"
-    a: torch.Tensor  # lora_A weight, (r, in) or (r, in, k, ...) for convolutions
-    b: torch.Tensor  # lora_B weight, (out, r) or (out, r, 1, ...)
+    a: Any  # lora_A weight, (r, in) or (r, in, k, ...) for convolutions: a tensor or Tracked
+    b: Any  # lora_B weight, (out, r) or (out, r, 1, ...): a tensor or Tracked
     scaling: Callable[[], float]  # reads the module's current scaling (α/r or α/√r)
 
 
@@ -67,20 +80,11 @@ class WeightRef:
     name: str
     layer: str
     block: str
-    param: torch.Tensor
+    param: Any  # a tensor or Tracked
 
 
-@dataclass
-class _Group:
-    """Adapters of one shape on one device: their Gram matrices come from one bmm."""
-
-    index: list[int]  # positions in the probe's adapter list
-    a: list[torch.Tensor]
-    b: list[torch.Tensor]
-    rank: int
-    a0: torch.Tensor | None = None  # (m, r, in) snapshot, only when B₀A₀ != 0
-    b0: torch.Tensor | None = None  # (m, out, r)
-    init_sq: torch.Tensor | None = None  # (m,) ‖B₀A₀‖² in float64
+def as_tracked(name: str, t: Any) -> Tracked:
+    return t if isinstance(t, Tracked) else Tracked(name, t, placement_of(t))
 
 
 @dataclass
@@ -109,39 +113,21 @@ class _Table:
         return table
 
 
-def _as_2d(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(r, in) and (out, r) views of the factors, or None if they do not chain."""
-    r = a.shape[0]
-    a2 = a.reshape(r, -1)
-    b2 = b.reshape(b.shape[0], -1)
-    return (a2, b2) if b2.shape[1] == r else None
-
-
-def _stack64(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([t.detach() for t in tensors]).to(torch.float64)
-
-
-def adapter_sq_norms(group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
-    """(‖BA − B₀A₀‖², ‖B‖²) per adapter of `group`, float64, unscaled; no host sync."""
-    a = _stack64([x.reshape(group.rank, -1) for x in group.a])  # (m, r, in)
-    b = _stack64([x.reshape(x.shape[0], -1) for x in group.b])  # (m, out, r)
-    gram_b = b.transpose(1, 2) @ b  # (m, r, r) BᵀB
-    gram_a = a @ a.transpose(1, 2)  # (m, r, r) AAᵀ, symmetric: tr(XY) = Σ X ⊙ Yᵀ = Σ X ⊙ Y
-    sq = (gram_b * gram_a).sum(dim=(1, 2))  # (m,)
-    if group.a0 is not None:
-        cross_b = group.b0.transpose(1, 2).to(torch.float64) @ b  # (m, r, r) B₀ᵀB
-        cross_a = a @ group.a0.transpose(1, 2).to(torch.float64)  # (m, r, r) AA₀ᵀ
-        sq = sq + group.init_sq - 2 * (cross_b * cross_a.transpose(1, 2)).sum(dim=(1, 2))
-    b_sq = gram_b.diagonal(dim1=1, dim2=2).sum(dim=-1)  # (m,) ‖B‖² = tr(BᵀB)
-    return sq, b_sq
+def _chains(a: Tracked, b: Tracked) -> bool:
+    """Whether B (out, r, ...) and A (r, in, ...) multiply: B's columns are A's rows."""
+    r = a.placement.shape[0] if a.placement.shape else 0
+    b_cols = math.prod(b.placement.shape[1:]) if len(b.placement.shape) > 1 else 0
+    return r > 0 and b_cols == r
 
 
 class LoraProbe(Probe):
     """LoRA ‖ΔW‖_F and full-weight ‖W − W₀‖_F per layer and block, every `every` steps.
 
-    Cost: at most once per flush, one float64 bmm pair per adapter shape group and one
-    `_foreach_sub` + `_foreach_norm` per (layer, block) of full weights. Memory: the
-    snapshots (none for LoRA with B₀ = 0; the full weights' size for full deltas).
+    Cost: at most once per flush, one float64 bmm pair per factor shape group and one
+    `_foreach_sub` + `_foreach_norm` per (layer, block) of full weights. Under sharding a
+    factor whose Gram does not add up over the ranks' pieces (FSDP2 cuts A along its rank
+    dim) travels whole in the flush: r·in values per such adapter. Memory: the snapshots
+    (none for whole LoRA factors with B₀ = 0; the full weights' size for full deltas).
     """
 
     name = "lora"
@@ -159,43 +145,69 @@ class LoraProbe(Probe):
         self._alerted: set[str] = set()
         self.adapters: list[AdapterRef] = []
         for ref in adapters:
-            if _as_2d(ref.a, ref.b) is None:
+            ref = replace(ref, a=as_tracked(ref.name + ".a", ref.a),
+                          b=as_tracked(ref.name + ".b", ref.b))
+            if not _chains(ref.a, ref.b):
                 log.debug("trainspect: skipping LoRA module %s: factors of shapes %s and %s "
-                          "do not chain", ref.name, tuple(ref.a.shape), tuple(ref.b.shape))
+                          "do not chain", ref.name, ref.a.placement.shape, ref.b.placement.shape)
                 continue
             self.adapters.append(ref)
-        self.weights = list(weights)
-        self._groups = self._group_adapters()
-        self._order = np.array([i for g in self._groups for i in g.index], dtype=np.int64)
-        self._snapshots = [w.param.detach().clone() for w in self.weights]
+        self.weights = [replace(w, param=as_tracked(w.name, w.param)) for w in weights]
+        self.device = self._device()
+        self._sides = self._group_sides()
+        self._pair_rows = self._pairs()
+        self._snapshots = [w.param.data().clone() for w in self.weights]
         self.lora_table = _Table.of(self.adapters)
         self.full_table = _Table.of(self.weights)
         self._full_cells = self._group_weights()
-        self.device = self._device()
+        self._full_order = np.array([i for cell in self._full_cells for i in cell],
+                                    dtype=np.int64)
+        self._weight_pieces = np.array([w.param.placement.pieces for w in self.weights],
+                                       dtype=np.float64)
 
     # ---- setup (once, may sync) --------------------------------------------------------
 
-    def _group_adapters(self) -> list[_Group]:
-        by_shape: dict[tuple, _Group] = {}
-        for i, ref in enumerate(self.adapters):
-            a2, b2 = _as_2d(ref.a, ref.b)
-            key = (ref.a.device, tuple(a2.shape), tuple(b2.shape))
-            group = by_shape.setdefault(key, _Group([], [], [], rank=a2.shape[0]))
-            group.index.append(i)
-            group.a.append(ref.a)
-            group.b.append(ref.b)
-        groups = list(by_shape.values())
+    def _group_sides(self) -> list[Side]:
+        """Factors grouped by kind, whole shape, placement and whether the start is kept:
+        the same groups, in the same order, on every rank."""
+        by_key: dict[tuple, Side] = {}
         with torch.no_grad():
-            for group in groups:
-                b0 = torch.stack([x.detach().reshape(x.shape[0], -1) for x in group.b])
-                if bool((b0 == 0).all()):  # PEFT's default init: B₀A₀ = 0, keep nothing
-                    continue
-                group.b0 = b0  # torch.stack made a copy
-                group.a0 = torch.stack([x.detach().reshape(group.rank, -1) for x in group.a])
-                b64, a64 = group.b0.to(torch.float64), group.a0.to(torch.float64)
-                group.init_sq = ((b64.transpose(1, 2) @ b64)
-                                 * (a64 @ a64.transpose(1, 2))).sum(dim=(1, 2))
-        return groups
+            for i, ref in enumerate(self.adapters):
+                rank = ref.a.placement.shape[0]
+                keep = keeps_start(ref)
+                for kind, factor in (("a", ref.a), ("b", ref.b)):
+                    placement = factor.placement
+                    dims = set(range(1, len(placement.shape))) if kind == "a" else {0}
+                    gram = placement.whole or (not placement.partial
+                                               and placement.split is not None
+                                               and set(placement.split) <= dims)
+                    key = (kind, factor.param.device, placement, gram, keep)
+                    side = by_key.setdefault(key, Side(kind, [], [], rank=rank, gram=gram,
+                                                        with_start=keep))
+                    side.index.append(i)
+                    side.factors.append(factor)
+            sides = list(by_key.values())
+            for side in sides:
+                if side.with_start:  # torch.stack copies
+                    side.snapshot = stack_2d(side, [f.data() for f in side.factors])
+                if not side.gram:
+                    self._gather_buffer(side)
+        return sides
+
+    def _gather_buffer(self, side: Side) -> None:
+        placements = [f.placement for f in side.factors]
+        sizes = [p.numel() for p in placements]
+        copies = 2 if side.with_start else 1
+        total = sum(sizes)
+        side.buffer = torch.zeros(copies * total, dtype=torch.float32, device=self.device)
+        offsets = np.cumsum([0] + sizes)[:-1]
+        side.views = gather_views(side.buffer, placements, offsets)
+        if side.snapshot is not None:
+            side.snapshot_views = gather_views(side.buffer, placements, offsets + total)
+            torch._foreach_copy_(side.snapshot_views, [s.reshape(v.shape).to(v.dtype) for v, s
+                                                       in zip(side.snapshot_views,
+                                                              side.snapshot)])
+            side.snapshot = None  # it travels in the buffer
 
     def _group_weights(self) -> list[list[int]]:
         cells: list[list[int]] = [[] for _ in self.full_table.cells]
@@ -205,7 +217,7 @@ class LoraProbe(Probe):
 
     def _device(self) -> torch.device:
         for t in [r.a for r in self.adapters] + [w.param for w in self.weights]:
-            return t.device
+            return t.data().device
         return torch.device("cpu")
 
     @property
@@ -225,43 +237,76 @@ class LoraProbe(Probe):
         if self.empty or not self._due():
             return ()
         with torch.no_grad():
-            pieces = [adapter_sq_norms(group) for group in self._groups]
-            # group order; compute() puts them back in adapter order (self._order)
-            lora_sq = _cat64([sq for sq, _ in pieces], self.device)
-            b_sq = _cat64([bsq for _, bsq in pieces], self.device)
+            pieces = []
+            for side in self._sides:
+                if side.gram:
+                    pieces.append(side_grams(side).reshape(-1))
+                else:
+                    torch._foreach_copy_(side.views, [f.data().reshape(v.shape).to(v.dtype)
+                                                      for v, f in zip(side.views,
+                                                                      side.factors)])
+                    pieces.append(side.buffer)
             full_sq = _cat64([self._cell_sq(members) for members in self._full_cells],
                              self.device)
             ranks = torch.ones(1, dtype=torch.float64, device=self.device)
-        return (lora_sq, b_sq, full_sq, ranks)
+        return (*pieces, full_sq, ranks)
 
     def _cell_sq(self, members: list[int]) -> torch.Tensor:
-        """Σ ‖W − W₀‖² over one (layer, block): temporaries of that cell's size only."""
-        params = [self.weights[i].param.detach() for i in members]
+        """‖W − W₀‖² of each piece of one (layer, block): temporaries of that cell's size."""
+        params = [self.weights[i].param.data() for i in members]
         diffs = torch._foreach_sub(params, [self._snapshots[i] for i in members])
         norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
-        return torch.stack(norms).to(torch.float64).square().sum().reshape(1)
+        return torch.stack(norms).to(torch.float64).square()
+
+    def _side_grams(self, side: Side, array: np.ndarray, ranks: float) -> np.ndarray:
+        """(m, k, r, r) Grams of one side from the pooled state (see placement.py)."""
+        k = 3 if side.with_start else 1
+        scale = side.factors[0].placement.pieces / ranks  # one placement per side
+        if side.gram:
+            return array.reshape(len(side.index), k, side.rank, side.rank) * scale
+        total = sum(f.placement.numel() for f in side.factors)
+        whole0 = array[total:2 * total] * scale if side.with_start else None
+        return host_grams(side.kind, len(side.index), side.rank, array[:total] * scale,
+                          whole0)
+
+    def _pairs(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+        """(A side, B side, adapters, their rows in each side) for every pair of sides."""
+        where: dict[int, tuple[int, int]] = {}
+        for s, side in enumerate(self._sides):
+            for row, i in enumerate(side.index):
+                where[i * 2 + (side.kind == "b")] = (s, row)
+        pairs: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        for i in range(len(self.adapters)):
+            (sa, ra), (sb, rb) = where[2 * i], where[2 * i + 1]
+            pairs.setdefault((sa, sb), []).append((i, ra, rb))
+        return [(sa, sb, *map(np.array, zip(*members))) for (sa, sb), members in pairs.items()]
 
     def compute(self, state: list[np.ndarray], step: int, wall_time: float) -> list[Any]:
-        grouped_sq, grouped_b_sq, full_sq, ranks = state
-        n_ranks = max(float(ranks[0]), 1.0)  # replicated weights: each rank adds the same
-        lora_sq, b_sq = np.empty_like(grouped_sq), np.empty_like(grouped_b_sq)
-        lora_sq[self._order], b_sq[self._order] = grouped_sq, grouped_b_sq
+        *side_arrays, full_sq, ranks_arr = state
+        ranks = max(float(ranks_arr[0]), 1.0)
         records: list[Any] = []
         if self.adapters:
+            grams = [self._side_grams(side, array, ranks)
+                     for side, array in zip(self._sides, side_arrays)]
+            lora_sq, b_sq = np.zeros(len(self.adapters)), np.zeros(len(self.adapters))
+            for sa, sb, index, rows_a, rows_b in self._pair_rows:
+                lora_sq[index], b_sq[index] = delta_sq(grams[sa][rows_a], grams[sb][rows_b])
             scales = np.array([ref.scaling() for ref in self.adapters], dtype=np.float64)
             cell_sq = np.zeros(len(self.lora_table.cells))
-            np.add.at(cell_sq, self.lora_table.cell_of,
-                      np.clip(lora_sq / n_ranks, 0.0, None) * scales ** 2)
+            np.add.at(cell_sq, self.lora_table.cell_of, np.clip(lora_sq, 0.0, None) * scales ** 2)
             records += _table_records("lora", self.lora_table, cell_sq, step, wall_time,
                                       self.top_k)
-            b_zero = (b_sq / n_ranks) == 0
-            frac = float(b_zero.mean())
-            records.append(Scalar("lora/b_zero_frac", step, frac, wall_time))
+            b_zero = b_sq == 0
+            records.append(Scalar("lora/b_zero_frac", step, float(b_zero.mean()), wall_time))
             records += self._b_zero_alert(b_zero, step, wall_time)
         if self.weights:
-            records += _table_records("delta", self.full_table,
-                                      np.clip(full_sq / n_ranks, 0.0, None), step, wall_time,
-                                      self.top_k)
+            per_weight = np.empty(len(self.weights))
+            per_weight[self._full_order] = full_sq
+            per_weight *= self._weight_pieces / ranks
+            cell_sq = np.zeros(len(self.full_table.cells))
+            np.add.at(cell_sq, self.full_table.cell_of, per_weight)
+            records += _table_records("delta", self.full_table, np.clip(cell_sq, 0.0, None),
+                                      step, wall_time, self.top_k)
         return records
 
     def _b_zero_alert(self, b_zero: np.ndarray, step: int, wall_time: float) -> list[Alert]:

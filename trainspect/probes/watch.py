@@ -7,31 +7,35 @@ One call before training attaches everything; the loop changes nothing else:
   (`attention_mask`, `input_ids`, `labels` keyword arguments) for throughput;
 - forward hooks on the hidden modules (default: every decoder layer, found by the
   `layers.N` / `h.N` / `blocks.N` naming of HF and PEFT models) feed `HiddenProbe`;
-- a post-accumulate-grad hook on the first trainable parameter of every layer notices
-  the first gradient of a backward pass and queues one callback for the end of that pass
-  with the autograd engine (`queue_callback`, as DDP and FSDP do). That callback
-  re-queues itself once so that it runs after DDP's own end-of-backward callback, when
-  the gradients are final. There it calls `GradProbe.after_backward`. This needs no
-  call from the loop, sees every backward (gradient accumulation included), and costs
-  one Python call per layer per backward; an explicit `after_backward(step)` from the
-  loop would miss loops that never call it and could not see a detached loss;
+- a tensor hook on the outputs of each training forward (and a post-accumulate-grad
+  hook on the first trainable parameter of the first and the last layer, for a loss
+  that bypasses the outputs) notices the start of a backward pass and queues one
+  callback for the end of that pass with the autograd engine (`queue_callback`, as DDP
+  and FSDP do). That callback re-queues itself once so that it runs after DDP's and
+  FSDP's own end-of-backward callbacks, when the gradients are final. There it calls
+  `GradProbe.after_backward`. This needs no call from the loop, sees every backward
+  (gradient accumulation included), and costs a few Python calls per backward; an
+  explicit `after_backward(step)` from the loop would miss loops that never call it
+  and could not see a detached loss;
 - `LoraProbe` needs no hook: it reads the weights at the flush.
 
 Hooks never raise into training: a failing probe is switched off and reported once.
 Under gradient checkpointing the recomputation inside the backward is ignored.
 
-Names: `layers.3` for the fourth decoder layer, with wrappers (PEFT's `base_model.model`,
-DDP's `module`, torch.compile's `_orig_mod`) and the HF inner `model.` stripped;
-blocks `qkv` (q/k/v projections), `o` (attention output), `mlp`, `norm`, else the
-sub-module's own name (`audio_mlp`). Parameters outside the layer stacks are grouped by
-their top-level module (`embed_tokens`, `lm_head`).
+Sharded models (FSDP2 and tensor parallel DTensors, FSDP1 with or without
+`use_orig_params`, DeepSpeed ZeRO-3) are watched as each rank holds them: probes read
+this rank's piece of every parameter and gradient, and the flush pools the pieces into
+whole-tensor numbers (placement.py says how). Call `watch` after wrapping, on the module
+that holds the parameters (FSDP1: the wrapper; DDP: the module inside).
+
+Names and the parts found in the model: modules.py.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+import time
 from typing import Any
 
 import torch
@@ -40,141 +44,23 @@ from torch import nn
 from trainspect.errors import TrainspectError
 from trainspect.probes.grads import GradProbe
 from trainspect.probes.hidden import HiddenProbe
-from trainspect.probes.lora import AdapterRef, LoraProbe, WeightRef
+from trainspect.probes.lora import LoraProbe, WeightRef
+from trainspect.probes.modules import (
+    block_of,
+    find_adapters,
+    find_hidden,
+    outputs_with_grad,
+    short_name,
+    split_layer,
+)
+from trainspect.probes.placement import Tracked, deepspeed_zero, tracked_parameters
 from trainspect.probes.speed import SpeedProbe, flop_counts
+from trainspect.records import Alert
 
 log = logging.getLogger("trainspect.probes.watch")
 
 # Full-weight snapshots cost as much memory as the weights: on by default up to this size.
 FULL_DELTAS_AUTO_MAX_PARAMS = 1_000_000_000
-
-_WRAPPERS = ("base_model.model.", "_orig_mod.", "module.")
-_INNER = ("model.", "transformer.", "gpt_neox.")
-_PEFT_PARTS = ("original_module", "base_layer", "_fsdp_wrapped_module",
-               "_checkpoint_wrapped_module")
-STACKS = {"layers", "layer", "h", "blocks", "block"}
-_ATTN = {"self_attn", "attn", "attention", "self_attention", "cross_attn", "encoder_attn"}
-_MLP = {"mlp", "feed_forward", "ffn", "ff", "moe", "block_sparse_moe", "intermediate", "output"}
-_QKV = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query", "key", "value", "c_attn", "Wqkv",
-        "query_key_value", "in_proj", "wq", "wk", "wv", "q", "k", "v", "to_q", "to_k", "to_v"}
-_O = {"o_proj", "out_proj", "dense", "c_proj", "wo", "o", "proj", "to_out", "out"}
-_MLP_LEAVES = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc",
-               "w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h"}
-
-
-# ---- naming ----------------------------------------------------------------------------
-
-
-def short_name(name: str) -> str:
-    """A module or parameter path without wrapper and PEFT-internal parts."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPERS:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    parts = name.split(".")
-    out: list[str] = []
-    i = 0
-    while i < len(parts):
-        if parts[i] == "modules_to_save":
-            i += 2  # ".modules_to_save.<adapter>"
-            continue
-        if parts[i] not in _PEFT_PARTS:
-            out.append(parts[i])
-        i += 1
-    name = ".".join(out)
-    for inner in _INNER:
-        if name.startswith(inner):
-            return name[len(inner):]
-    return name
-
-
-def split_layer(short: str) -> tuple[str, list[str]]:
-    """("layers.3", ["self_attn", "q_proj"]) for "layers.3.self_attn.q_proj"; outside a
-    layer stack the top-level module: ("lm_head", [])."""
-    parts = short.split(".")
-    for i in range(len(parts) - 1):
-        if parts[i] in STACKS and parts[i + 1].isdigit():
-            return ".".join(parts[: i + 2]), parts[i + 2:]
-    return parts[0], parts[1:]
-
-
-def block_of(rest: Sequence[str]) -> str:
-    """The block a module belongs to inside its layer: qkv, o, mlp, norm or its name."""
-    if not rest:
-        return "all"
-    leaf = rest[-1]
-    if "norm" in leaf or leaf.startswith("ln"):
-        return "norm"
-    if len(rest) == 1:
-        return ("qkv" if leaf in _QKV else "o" if leaf in _O
-                else "mlp" if leaf in _MLP_LEAVES else leaf)
-    container = rest[0]
-    if container in _ATTN:
-        return "qkv" if leaf in _QKV else "o" if leaf in _O else "attn"
-    if container in _MLP:
-        return "mlp"
-    return container
-
-
-# ---- discovery -------------------------------------------------------------------------
-
-
-def find_adapters(model: nn.Module) -> list[AdapterRef]:
-    """PEFT LoRA adapters (trainable ones), linear and embedding."""
-    found: list[tuple[str, str, Any, Any, Any]] = []
-    for name, module in model.named_modules():
-        for a_key, b_key in (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B")):
-            a_dict, b_dict = getattr(module, a_key, None), getattr(module, b_key, None)
-            if not isinstance(a_dict, (nn.ModuleDict, nn.ParameterDict)) or b_dict is None:
-                continue
-            for adapter in a_dict:
-                if adapter not in b_dict:
-                    continue
-                a, b = a_dict[adapter], b_dict[adapter]
-                a, b = getattr(a, "weight", a), getattr(b, "weight", b)
-                if isinstance(a, torch.Tensor) and (a.requires_grad or b.requires_grad):
-                    found.append((name, adapter, module, a, b))
-    several = len({adapter for _, adapter, *_ in found}) > 1
-    refs = []
-    for name, adapter, module, a, b in found:
-        layer, rest = split_layer(short_name(name))
-        block = block_of(rest) + (f"[{adapter}]" if several else "")
-        refs.append(AdapterRef(short_name(name), layer, block, a, b,
-                               functools.partial(_scaling, module, adapter)))
-    return refs
-
-
-def _scaling(module: nn.Module, adapter: str) -> float:
-    return float(getattr(module, "scaling", {}).get(adapter, 1.0))
-
-
-def trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """(short parameter name, parameter) of every trainable parameter, shared ones once."""
-    return [(short_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def find_hidden(model: nn.Module, wanted: Any) -> list[tuple[str, nn.Module]]:
-    """Modules whose outputs to watch, in model order, with their short names."""
-    named = [(short_name(n), n, m) for n, m in model.named_modules() if n]
-    if wanted is None:  # every element of every layer stack, stack after stack
-        return [(f"{s}.{i}", child) for s, _, m in named
-                if isinstance(m, nn.ModuleList) and s.split(".")[-1] in STACKS
-                for i, child in enumerate(m)]
-    if isinstance(wanted, (str, nn.Module)):
-        wanted = [wanted]
-    chosen: list[tuple[str, nn.Module]] = []
-    for item in wanted:
-        match = [(s, m) for s, n, m in named
-                 if (m is item if isinstance(item, nn.Module) else item in (s, n))]
-        if not match:
-            known = [s for s, _ in find_hidden(model, None)][:3]
-            raise TrainspectError(f"`hidden_modules`: no module {item!r} in the model "
-                                  f"(decoder layers here are named like {known})")
-        chosen.append(match[0])
-    order = {id(m): i for i, (_, _, m) in enumerate(named)}
-    return sorted(chosen, key=lambda sm: order[id(sm[1])])
 
 
 _graph_task_id = getattr(torch._C, "_current_graph_task_id", lambda: -1)
@@ -205,6 +91,8 @@ class Watch:
         self._off: set[str] = set()
         self._queued = False
         self._closed = False
+        self._training = False
+        self._backward_watched = False
 
     def __repr__(self) -> str:
         return f"Watch(every={self.every}, probes={sorted(self.probes)})"
@@ -215,21 +103,28 @@ class Watch:
                full_deltas: bool | None, hidden_modules: Any, top_k: int,
                check_every_step: bool, peak_flops: float | None) -> Watch:
         model, run = self.model, self.run
-        params = trainable(model)
-        device = next((p.device for p in [q for _, q in params] + list(model.parameters())),
-                      torch.device("cpu"))
+        params = tracked_parameters(model)
+        by_name = {t.name: t for t in params}  # full paths, as the modules name them
+        for t in params:
+            t.name = short_name(t.name)
+        device = next((t.data().device for t in params), None) or next(
+            (p.device for p in model.parameters()), torch.device("cpu"))
         start = run.step
         layers: list[str] = []
         index = []
-        for name, _ in params:
-            layer = split_layer(name.rsplit(".", 1)[0])[0]
+        for t in params:
+            layer = split_layer(t.name.rsplit(".", 1)[0])[0]
             if layer not in layers:
                 layers.append(layer)
             index.append(layers.index(layer))
         if lora:
-            self._add_lora(params, full_deltas, top_k, start)
-        if grads and params:
-            self._add(GradProbe([p for _, p in params], index, layers, device, every=self.every))
+            self._add_lora(params, by_name, full_deltas, top_k, start)
+        if grads and params and deepspeed_zero(params):
+            self._no_grads_under_zero()
+        elif grads and params:
+            per_flush = -(-run.log_every // self.every) + 1  # sampled steps in one flush
+            self._add(GradProbe(params, index, layers, device, every=self.every,
+                                samples_per_flush=per_flush))
         if hidden:
             modules = find_hidden(model, hidden_modules)
             if modules:
@@ -242,15 +137,17 @@ class Watch:
             self._add_speed(device, peak_flops)
         self._handles.append(model.register_forward_pre_hook(self._before, with_kwargs=True))
         self._handles.append(model.register_forward_hook(self._after))
-        if "grads" in self.probes or "speed" in self.probes:
-            # one parameter per layer is enough to notice a backward pass that reaches the
-            # layer (every trainable tensor of a layer takes part in its output), and each
-            # hook is a Python call on the autograd thread: hundreds of them cost a ms
-            first: dict[int, torch.Tensor] = {}
-            for (_, p), layer in zip(params, index):
-                first.setdefault(layer, p)
-            for p in first.values():
-                self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
+        self._backward_watched = "grads" in self.probes or "speed" in self.probes
+        if self._backward_watched and params:
+            # A backward is noticed where it starts, at the model's outputs (a tensor hook
+            # registered by the root forward hook, one or two per step), and, for a loss
+            # that bypasses them, at the first trainable tensor of the first and the last
+            # layer: each hook is a Python call on the autograd thread, so not one per
+            # layer. They go where autograd accumulates (FSDP1: the flat parameter).
+            ends = [next(t for t, i in zip(params, index) if i == layer)
+                    for layer in sorted({index[0], index[-1], max(index)})]
+            for leaf in {id(t.leaf): t.leaf for t in ends}.values():
+                self._handles.append(leaf.register_post_accumulate_grad_hook(self._on_grad))
         return self
 
     def _add(self, probe: Any) -> Any:
@@ -259,11 +156,12 @@ class Watch:
         self.run.add_probe(probe)
         return probe
 
-    def _add_lora(self, params: list, full_deltas: bool | None, top_k: int, start: int) -> None:
-        adapters = find_adapters(self.model)
+    def _add_lora(self, params: list[Tracked], by_name: dict[str, Tracked],
+                  full_deltas: bool | None, top_k: int, start: int) -> None:
+        adapters = find_adapters(self.model, by_name)
         factors = {id(t) for ref in adapters for t in (ref.a, ref.b)}
-        rest = [(n, p) for n, p in params if id(p) not in factors]
-        size = sum(p.numel() for _, p in rest)
+        rest = [t for t in params if id(t) not in factors]
+        size = sum(t.placement.numel() for t in rest)
         if full_deltas is None:
             full_deltas = size <= FULL_DELTAS_AUTO_MAX_PARAMS
             if not full_deltas:
@@ -271,13 +169,29 @@ class Watch:
                          "default above %d (they snapshot the weights); pass full_deltas=True",
                          size, FULL_DELTAS_AUTO_MAX_PARAMS)
         weights = []
-        for name, p in rest if full_deltas else []:
+        for t in rest if full_deltas else []:
+            name = t.name
             layer, parts = split_layer(name.rsplit(".", 1)[0] if "." in name else name)
-            weights.append(WeightRef(name, layer, block_of(parts), p))
+            weights.append(WeightRef(name, layer, block_of(parts), t))
         probe = LoraProbe(adapters, weights, every=self.every, start_step=start, top_k=top_k,
                           step_of=lambda: self.run.step)
         if not probe.empty:
             self._add(probe)
+
+    def _no_grads_under_zero(self) -> None:
+        """ZeRO reduces and partitions the gradients inside its optimizer after the
+        backward returns (engine.backward) and frees `param.grad`: there is no point where
+        a hook sees them final, so `grad/...` is not recorded rather than wrong."""
+        self.run.emit(Alert(
+            step=self.run.step, rule="grads.unavailable", level="info",
+            message=f"watch records no grad/... metrics under DeepSpeed ZeRO (from step "
+                    f"{self.run.step}): its optimizer holds the gradients, reduced and "
+                    f"partitioned after the backward returns; LoRA deltas, hidden states "
+                    f"and throughput are recorded",
+            action="Log the engine's norm yourself: run.log({'grad/norm': "
+                   "engine.get_global_grad_norm()}) after engine.step() (the HF Trainer "
+                   "stores it as train/grad_norm).",
+            wall_time=time.time()))
 
     def _add_speed(self, device: torch.device, peak_flops: float | None) -> None:
         static, attention = flop_counts(self.model)
@@ -315,6 +229,7 @@ class Watch:
                 self._off.add(name)
         self._queued = False  # a backward that died half-way must not block the next one
         training = module.training and torch.is_grad_enabled()
+        self._training = training
         grads, hidden, speed = (self.probes.get(k) for k in ("grads", "hidden", "speed"))
         if training and grads is not None:
             self._call(grads, "forward", grads.forward_seen)
@@ -324,9 +239,17 @@ class Watch:
             self._call(hidden, "forward", hidden.begin_forward, self.run.step, training)
 
     def _after(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._closed or _in_backward():
+            return
         hidden = self.probes.get("hidden")
-        if hidden is not None and not self._closed and not _in_backward():
+        if hidden is not None:
             self._call(hidden, "forward", hidden.end_forward, self.run.step)
+        if self._training and self._backward_watched:
+            try:  # the backward of this forward starts at its outputs: one hook there
+                for t in outputs_with_grad(output):
+                    t.register_hook(self._on_output_grad)
+            except Exception as err:
+                self._call_all_failed("forward hook", err)
 
     @staticmethod
     def _count(speed: SpeedProbe, args: tuple, kwargs: dict) -> None:
@@ -349,13 +272,19 @@ class Watch:
 
     def _on_hidden(self, probe: HiddenProbe, i: int, module: nn.Module, args: tuple,
                    output: Any) -> None:
-        # the one hook that runs per layer per forward: kept to a few attribute reads
-        if self._closed or probe.name in self._off or _in_backward():
+        # the one hook that runs per layer per forward: one attribute read when not
+        # collecting (the probe collects only between the root's hooks of a training
+        # forward, never in a checkpointed recomputation: the root hook is not run there)
+        if not probe._collecting:
             return
         try:
             probe.output(i, output)
         except Exception as err:
+            probe._collecting = False
             self._fail(probe, "forward hook", err)
+
+    def _on_output_grad(self, grad: torch.Tensor) -> None:
+        self._on_grad(grad)
 
     def _on_grad(self, param: torch.Tensor) -> None:
         if self._queued or self._closed:
