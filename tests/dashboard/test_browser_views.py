@@ -171,6 +171,10 @@ def test_the_system_tab_shows_system_metrics_only(page, site):
     page.wait_for_selector("#panel-system .uplot")
     page.locator("#toolbar .tab[data-tab=training]").click()
     page.wait_for_selector("#panel-loss .uplot")
+    page.locator("#toolbar .tab[data-tab=system]").click()
+    page.evaluate(f"location.hash = 'run={site['r8']}'")  # a pasted link without a tab
+    page.wait_for_selector("#panel-loss .uplot")
+    assert not page.locator("#panel-system").is_visible()
     assert page.problems == []
 
 

@@ -53,8 +53,8 @@ TS.App = class {
 
   async readHash() {
     const hash = new URLSearchParams(window.location.hash.slice(1));
-    const tab = hash.get("tab");
-    if (tab && TS.TABS.some(([name]) => name === tab)) TS.settings.tab = tab;
+    const tab = hash.get("tab");  // a link without one opens the first tab
+    TS.settings.tab = tab && TS.TABS.some(([name]) => name === tab) ? tab : TS.TABS[0][0];
     const wanted = hash.get("run");
     const compare = (hash.get("compare") || "").split(",").filter(Boolean);
     this.problem = null;
