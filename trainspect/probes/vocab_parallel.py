@@ -1,0 +1,310 @@
+"""`run.observe` on logits sharded over the vocabulary (tensor / loss parallel).
+
+Each rank of a tensor-parallel group holds columns [vocab_start, vocab_start + V_r) of
+the logits of the same rows: a DTensor placed `Shard(-1)` on one mesh dimension (its
+placements give the shard and the group), or a plain local tensor with `vocab_start`,
+`vocab_size` and the group (`tp_group`, default: every rank). One read of the shard
+gives per-row partials, two all_reduces over the group merge them
+(kernels/vocab_shard.py), and the merged rows are folded by the token probe's own
+fold, so every statistic, the flush and the alerts are those of `observe` on the whole
+logits. Only the group's first rank folds them (the others keep zeros of the same
+layout): pooled over all ranks at the flush, each row counts once, as with one process.
+
+On sample steps the sample rows' top-5 candidates of every shard ride in the same SUM
+(each rank fills its own slot), so prediction samples are those of the whole logits.
+
+Bad arguments become one `bad_input` alert naming the argument; the rank still takes
+part in the group's collectives with rows of its own left out (the others then see
+them as labels no shard holds), so a mistake on one rank never hangs the others.
+A teacher (`target_logits`) is not supported with sharded logits yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trainspect.probes.samples import FIELDS, TOP_K
+
+
+@dataclass
+class VocabShard:
+    """This rank's piece of vocab-parallel logits, as plain local tensors."""
+
+    logits: Any  # (..., [G], V_r)
+    labels: Any
+    mask: Any
+    vocab_start: int
+    vocab_size: int
+    group: Any  # the process group over the shards; None when this rank holds every column
+    counts: bool  # this rank folds the rows: the first of the ranks that hold the same rows
+
+    @property
+    def whole(self) -> bool:
+        return self.vocab_start == 0 and self.logits.shape[-1] == self.vocab_size
+
+
+def _local(value: Any) -> Any:
+    return value.to_local() if hasattr(value, "to_local") else value
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _from_dtensor(logits: Any, labels: Any, mask: Any) -> tuple[VocabShard | None, str | None]:
+    """The shard a DTensor's placements describe, or what keeps it from being read."""
+    mesh, placements = logits.device_mesh, logits.placements
+    last = logits.dim() - 1
+    if any(p.is_partial() for p in placements):
+        return None, (f"`logits` is a DTensor placed {placements}: Partial logits are not "
+                      "row statistics yet; redistribute to Shard(-1) or Replicate first")
+    vocab_dims = [i for i, p in enumerate(placements) if p.is_shard() and p.dim % (last + 1) ==
+                  last]
+    if len(vocab_dims) > 1:
+        return None, (f"`logits` is a DTensor sharded on the vocabulary over several mesh "
+                      f"dimensions ({placements}); shard it on one (tensor parallel)")
+    coords = mesh.get_coordinate()
+    if coords is None:
+        return None, "`logits` is a DTensor whose device mesh does not hold this rank"
+    counts = all(coords[i] == 0 for i, p in enumerate(placements)
+                 if p.is_replicate() or i in vocab_dims)
+    local, vocab = logits.to_local(), logits.shape[-1]
+    start, group = 0, None
+    if vocab_dims:
+        dim = vocab_dims[0]
+        chunk = math.ceil(vocab / mesh.size(dim))
+        start = min(coords[dim] * chunk, vocab)
+        even = min(chunk, vocab - start)
+        if local.shape[-1] != even:
+            return None, (f"`logits` is a DTensor of V={vocab} placed {placements} whose local "
+                          f"shard has {local.shape[-1]} columns, not the {even} of an even "
+                          "Shard(-1): redistribute it to Shard(-1)")
+        group = mesh.get_group(dim)
+    return VocabShard(local, _local(labels), _local(mask), start, vocab, group, counts), None
+
+
+def vocab_shard(logits: Any, labels: Any, mask: Any, target_logits: Any, vocab_start: Any,
+                vocab_size: Any, tp_group: Any) -> tuple[VocabShard | None, str | None]:
+    """This rank's shard and what is wrong with the arguments (None when nothing is).
+
+    A shard comes back with a problem too when the group and the rows are known: the
+    rank then joins the group's collectives without rows of its own.
+    """
+    import torch
+
+    if hasattr(logits, "device_mesh") and hasattr(logits, "to_local"):
+        if vocab_start is not None or vocab_size is not None or tp_group is not None:
+            return None, ("pass either a DTensor `logits` (its placements give the shard) or "
+                          "a local shard with `vocab_start` and `vocab_size`, not both")
+        shard, problem = _from_dtensor(logits, labels, mask)
+    else:
+        shard, problem = _from_plain(logits, labels, mask, vocab_start, vocab_size, tp_group)
+    if problem is None and target_logits is not None and not shard.whole:
+        problem = ("`target_logits` with vocab-parallel logits is not supported yet: observe "
+                   "the student alone, or gather the logits")
+    if shard is None and problem is not None and isinstance(logits, torch.Tensor) and (
+            tp_group is not None or vocab_start is not None):
+        shard = VocabShard(_local(logits), None, None, 0, 0, _group(torch, tp_group), False)
+    return shard, problem
+
+
+def _group(torch: Any, tp_group: Any) -> Any:
+    """The process group of `tp_group` (a ProcessGroup or a 1-D DeviceMesh), else every rank;
+    None without torch.distributed."""
+    if tp_group is not None and hasattr(tp_group, "get_group"):
+        return tp_group.get_group()
+    if tp_group is not None:
+        return tp_group
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD
+    return None
+
+
+def _from_plain(logits: Any, labels: Any, mask: Any, vocab_start: Any, vocab_size: Any,
+                tp_group: Any) -> tuple[VocabShard | None, str | None]:
+    import torch
+
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 1:
+        return None, None  # observe's own check names it
+    width = logits.shape[-1]
+    if vocab_start is None or vocab_size is None:
+        missing = "vocab_start" if vocab_start is None else "vocab_size"
+        return None, (f"vocab-parallel logits need both `vocab_start` and `vocab_size`; "
+                      f"`{missing}` is missing")
+    if not _int(vocab_size) or vocab_size < max(width, 1):
+        return None, (f"expected `vocab_size` to be the whole vocabulary, an int >= the shard's "
+                      f"{width} columns, got {vocab_size!r}")
+    if not _int(vocab_start) or not 0 <= vocab_start <= vocab_size - width:
+        return None, (f"expected `vocab_start` to be an int in [0, {vocab_size - width}] (the "
+                      f"shard's {width} columns must lie inside `vocab_size` {vocab_size}), got "
+                      f"{vocab_start!r}")
+    group = _group(torch, tp_group)
+    if group is None and width != vocab_size:
+        return None, (f"`vocab_start` {vocab_start} with a shard of {width} of {vocab_size} "
+                      "columns needs torch.distributed initialised (or `tp_group`)")
+    counts = True
+    if group is not None:
+        counts = torch.distributed.get_rank(group) == 0
+        if torch.distributed.get_world_size(group) == 1:
+            group = None
+    return VocabShard(logits, labels, mask, vocab_start, vocab_size, group, counts), None
+
+
+# ---- the call ------------------------------------------------------------------------------
+
+
+def observe_shard(run: Any, probe: Any, step: int, stream: str, group: str | None,
+                  shard: VocabShard, input_ids: Any, attention_mask: Any,
+                  token_names: dict | None, ignore_index: int) -> None:
+    """Fold the rows of this rank's shard, merged over its group, into `stream`; take
+    samples on sample steps. Device work only: two all_reduces over the group."""
+    from trainspect.kernels.vocab_shard import merge_shards
+
+    logits = shard.logits
+    n_groups = logits.shape[-2] if group else 1
+    if shard.whole:  # every column here (a replicated DTensor): the usual pass
+        if shard.counts:
+            probe.update(stream, group, logits, shard.labels, shard.mask, None, ignore_index)
+        else:
+            probe.fold_rows(stream, group, n_groups, shard.vocab_size, None, shard.labels,
+                            None, count=False)
+        if run._samples.due(stream, step):
+            run._take_samples(step, stream, group, logits, shard.labels, shard.mask, input_ids,
+                              attention_mask, token_names, ignore_index)
+        return
+    labels = shard.labels.reshape(-1)
+    mask = None if shard.mask is None else shard.mask.reshape(-1)
+    due = run._samples.due(stream, step)
+    sample = _sample_shape(logits, run._samples.num_samples) if due else None
+    try:
+        partials = _partials(logits, labels, shard.vocab_start)
+        extra = None if sample is None else _top_candidates(logits, sample, shard)
+    except Exception:
+        stand_aside(shard, due, run._samples.num_samples)  # the other ranks must not wait
+        raise
+    stats, fold_labels, candidates = merge_shards(
+        partials, labels, shard.vocab_size, group=shard.group, mask=mask,
+        ignore_index=ignore_index, extra=extra)
+    probe.fold_rows(stream, group, n_groups, shard.vocab_size, stats, fold_labels, mask,
+                    ignore_index, count=shard.counts)
+    if sample is not None:
+        try:
+            _queue_samples(run, step, stream, group, logits, sample, stats, labels, candidates,
+                           input_ids, attention_mask, token_names, ignore_index)
+        except Exception as err:
+            run.probe_failed("samples", "observe", err)
+
+
+def stand_aside(shard: VocabShard, sample_due: bool, num_samples: int) -> None:
+    """Join the group's collectives with no rows of this rank's (its arguments were bad),
+    so that the other ranks do not wait forever: they see those rows' labels in no shard."""
+    import torch
+
+    from trainspect.kernels.vocab_shard import ShardPartials, merge_shards
+
+    if shard.group is None:
+        return
+    logits = shard.logits
+    n = math.prod(logits.shape[:-1]) if logits.dim() > 1 else 1
+    device = logits.device
+    partials = ShardPartials(
+        max=torch.full((n,), float("-inf"), device=device),
+        argmax=torch.full((n,), 2**32 - 1, dtype=torch.int64, device=device),
+        sumexp=torch.zeros(n, device=device), dot=torch.zeros(n, device=device),
+        label_logit=torch.zeros(n, device=device),
+        label_here=torch.zeros(n, dtype=torch.bool, device=device))
+    extra = None
+    if sample_due and logits.dim() > 1:
+        k, positions = _sample_shape(logits, num_samples)
+        tp = torch.distributed.get_world_size(shard.group)
+        extra = torch.zeros(tp, k * positions, TOP_K, 2, dtype=torch.float64, device=device)
+    labels = torch.full((n,), -100, dtype=torch.int64, device=device)
+    merge_shards(partials, labels, 1, group=shard.group, extra=extra)
+
+
+def _partials(logits: Any, labels: Any, vocab_start: int) -> Any:
+    """One shard's partials over every row, read as 2-D views (no copy of the logits)."""
+    import torch
+
+    from trainspect.kernels.vocab_shard import ShardPartials, shard_partials
+    from trainspect.probes.token_layout import row_blocks
+
+    pieces, start = [], 0
+    for block, _ in row_blocks(logits, None):
+        stop = start + block.shape[0]
+        pieces.append(shard_partials(block, labels[start:stop], vocab_start))
+        start = stop
+    if len(pieces) == 1:
+        return pieces[0]
+    return ShardPartials(*(torch.cat([getattr(p, f) for p in pieces])
+                           for f in ShardPartials.__dataclass_fields__))
+
+
+def _sample_shape(logits: Any, num_samples: int) -> tuple[int, int]:
+    """(sequences, rows per sequence) of the sample rows, as SampleTaker lays them out."""
+    if logits.dim() == 2:
+        return 1, logits.shape[0]
+    return min(num_samples, logits.shape[0]), math.prod(logits.shape[1:-1])
+
+
+def _top_candidates(logits: Any, sample: tuple[int, int], shard: VocabShard) -> Any:
+    """This rank's top-5 (value, global id) of the sample rows, in its slot of a
+    (tp, rows, 5, 2) float64 table that is zero elsewhere: summed, it is every shard's."""
+    import torch
+    import torch.distributed as dist
+
+    k, positions = sample
+    rows = (logits if logits.dim() == 2 else logits[:k]).reshape(k * positions, -1)
+    tp = 1 if shard.group is None else dist.get_world_size(shard.group)
+    rank = 0 if shard.group is None else dist.get_rank(shard.group)
+    table = torch.zeros(tp, k * positions, TOP_K, 2, dtype=torch.float64, device=logits.device)
+    table[rank, :, :, 0] = float("-inf")
+    top = torch.topk(rows, min(TOP_K, rows.shape[1]), dim=-1)
+    width = top.values.shape[1]
+    table[rank, :, :width, 0] = top.values.to(torch.float64)
+    table[rank, :, :width, 1] = (top.indices + shard.vocab_start).to(torch.float64)
+    return table
+
+
+def _queue_samples(run: Any, step: int, stream: str, group: str | None, logits: Any,
+                   sample: tuple[int, int], stats: Any, labels: Any, candidates: Any,
+                   input_ids: Any, attention_mask: Any, token_names: dict | None,
+                   ignore_index: int) -> None:
+    """The sample rows, built by the run's SampleTaker from the merged rows.
+
+    As the fused linear cross-entropy does (probes/linear_ce.py): SampleTaker.take is
+    handed a (k, ..., 5) stand-in for the logits, which fixes the layout of the rows it
+    builds, and its tensors are replaced by the merged ones (FIELDS, top ids, top probs).
+    """
+    import torch
+
+    from trainspect.flush import Part
+
+    k, positions = sample
+    rows = k * positions
+    tp = candidates.shape[0]
+    merged = candidates.permute(1, 0, 2, 3).reshape(rows, tp * TOP_K, 2)
+    best = torch.topk(merged[..., 0], TOP_K, dim=-1)
+    top_ids = merged[..., 1].gather(1, best.indices).to(torch.int64)
+    shape = (k, positions) if logits.dim() == 2 else (k, *logits.shape[1:-1])
+    stand_in = torch.zeros(*shape, TOP_K, device=logits.device)
+    sample_labels = labels[:rows].view(shape)
+    tensors, build = run._samples.take(
+        step, stream, group, stand_in[0] if logits.dim() == 2 else stand_in,
+        sample_labels[0] if logits.dim() == 2 else sample_labels, None, input_ids,
+        attention_mask, token_names, ignore_index,
+        on_rows=run._print_samples if run.verbose else None)
+    fields = {name: getattr(stats, name)[:rows].view(k, positions)
+              for name in FIELDS if name != "label"}
+    fields["label"] = labels[:rows].to(torch.int64).view(k, positions)
+    values = best.values.to(torch.float32)
+    top_probs = torch.exp(values - values[:, :1]) * fields["conf"].reshape(-1)[:, None]
+    recorded = [fields[name] for name in FIELDS]
+    recorded += [top_ids.view(k, positions, TOP_K), top_probs.view(k, positions, TOP_K)]
+    tensors[: len(recorded)] = recorded
+    job = run._flusher.start([Part(tensors, build, reduce=False)])
+    if job is not None:
+        run._writer.jobs.append(job)
