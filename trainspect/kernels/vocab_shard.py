@@ -41,7 +41,8 @@ from torch import Tensor
 from .token_stats import RowStats, valid_rows
 from .token_stats_torch import Y_FLOOR, max_and_argmax, rows_per_chunk
 
-__all__ = ["ShardPartials", "merge_shards", "shard_partials"]
+__all__ = ["ShardPartials", "best_candidates", "merge_shards", "shard_partials",
+           "top_candidates"]
 
 _LOW = 2**32  # the argmax key: value bits * 2**32 + (2**32 - 1 - global index)
 _SUM_COLUMNS = 4  # w s, w (d + s (m - M)), label logit, label hits
@@ -115,13 +116,14 @@ def merge_shards(
     mask: Tensor | None = None,
     ignore_index: int = -100,
     extra: Tensor | None = None,
-) -> tuple[RowStats, Tensor, Tensor | None]:
+) -> tuple[RowStats, Tensor, Tensor, Tensor | None]:
     """Merge every rank's partials over ``group`` (two all_reduces; none without one).
 
     Returns the rows' ``RowStats`` (the same on every rank of the group), the labels to
     fold (a supervised label no shard or several shards hold is replaced by
-    ``vocab_size``: out of range) and ``extra`` (a float64 tensor appended to the SUM)
-    summed over the group.
+    ``vocab_size``: out of range), each row's log-normaliser ``lse`` (float32, for a
+    gradient softmax(z) = exp(z - lse)) and ``extra`` (a float64 tensor appended to the
+    SUM) summed over the group.
     """
     import torch.distributed as dist
 
@@ -164,4 +166,26 @@ def merge_shards(
         **{name: torch.where(valid, value.to(torch.float32), zero)
            for name, value in fields.items()},
     )
-    return stats, fold_labels, summed_extra
+    return stats, fold_labels, lse.to(torch.float32), summed_extra
+
+
+def top_candidates(rows: Tensor, vocab_start: int, rank: int, ranks: int, k: int) -> Tensor:
+    """This shard's top-k (value, global id) of ``rows`` (R, V_r), in its slot of a
+    (ranks, R, k, 2) float64 table that is zero elsewhere: summed over the group (the
+    ``extra`` of ``merge_shards``), it holds every shard's candidates."""
+    table = torch.zeros(ranks, rows.shape[0], k, 2, dtype=torch.float64, device=rows.device)
+    table[rank, :, :, 0] = float("-inf")
+    top = torch.topk(rows, min(k, rows.shape[1]), dim=-1)
+    width = top.values.shape[1]
+    table[rank, :, :width, 0] = top.values.to(torch.float64)
+    table[rank, :, :width, 1] = (top.indices + vocab_start).to(torch.float64)
+    return table
+
+
+def best_candidates(table: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The top-k (values float32, global ids int64) of each row among every shard's
+    candidates in a summed ``top_candidates`` table."""
+    ranks, n_rows = table.shape[:2]
+    merged = table.permute(1, 0, 2, 3).reshape(n_rows, ranks * table.shape[2], 2)
+    best = torch.topk(merged[..., 0], k, dim=-1)
+    return best.values.to(torch.float32), merged[..., 1].gather(1, best.indices).to(torch.int64)

@@ -53,61 +53,77 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _from_dtensor(logits: Any, labels: Any, mask: Any) -> tuple[VocabShard | None, str | None]:
-    """The shard a DTensor's placements describe, or what keeps it from being read."""
-    mesh, placements = logits.device_mesh, logits.placements
-    last = logits.dim() - 1
+def is_dtensor(value: Any) -> bool:
+    return hasattr(value, "device_mesh") and hasattr(value, "to_local")
+
+
+@dataclass
+class VocabSlice:
+    """Which part of the vocabulary this rank holds, and with whom it shares the rows."""
+
+    start: int
+    size: int  # the whole vocabulary
+    group: Any  # the process group over the shards; None when this rank holds it all
+    counts: bool  # this rank counts the rows: the first of the ranks that hold the same rows
+
+
+def dtensor_slice(t: Any, dim: int, name: str) -> tuple[VocabSlice | None, str | None]:
+    """The slice of the vocabulary (dimension `dim` of DTensor `t`, the argument `name`)
+    that its placements give this rank, or what keeps it from being read."""
+    mesh, placements = t.device_mesh, t.placements
+    dim %= t.dim()
     if any(p.is_partial() for p in placements):
-        return None, (f"`logits` is a DTensor placed {placements}: Partial logits are not "
-                      "row statistics yet; redistribute to Shard(-1) or Replicate first")
-    vocab_dims = [i for i, p in enumerate(placements) if p.is_shard() and p.dim % (last + 1) ==
-                  last]
+        return None, (f"`{name}` is a DTensor placed {placements}: Partial values cannot be "
+                      "read per shard; redistribute to Shard or Replicate first")
+    vocab_dims = [i for i, p in enumerate(placements) if p.is_shard() and p.dim % t.dim() == dim]
     if len(vocab_dims) > 1:
-        return None, (f"`logits` is a DTensor sharded on the vocabulary over several mesh "
+        return None, (f"`{name}` is a DTensor sharded on the vocabulary over several mesh "
                       f"dimensions ({placements}); shard it on one (tensor parallel)")
     coords = mesh.get_coordinate()
     if coords is None:
-        return None, "`logits` is a DTensor whose device mesh does not hold this rank"
+        return None, f"`{name}` is a DTensor whose device mesh does not hold this rank"
     counts = all(coords[i] == 0 for i, p in enumerate(placements)
                  if p.is_replicate() or i in vocab_dims)
-    local, vocab = logits.to_local(), logits.shape[-1]
-    start, group = 0, None
-    if vocab_dims:
-        dim = vocab_dims[0]
-        chunk = math.ceil(vocab / mesh.size(dim))
-        start = min(coords[dim] * chunk, vocab)
-        even = min(chunk, vocab - start)
-        if local.shape[-1] != even:
-            return None, (f"`logits` is a DTensor of V={vocab} placed {placements} whose local "
-                          f"shard has {local.shape[-1]} columns, not the {even} of an even "
-                          "Shard(-1): redistribute it to Shard(-1)")
-        group = mesh.get_group(dim)
-    return VocabShard(local, _local(labels), _local(mask), start, vocab, group, counts), None
+    vocab, width = t.shape[dim], t.to_local().shape[dim]
+    if not vocab_dims:
+        return VocabSlice(0, vocab, None, counts), None
+    mesh_dim = vocab_dims[0]
+    chunk = math.ceil(vocab / mesh.size(mesh_dim))
+    start = min(coords[mesh_dim] * chunk, vocab)
+    even = min(chunk, vocab - start)
+    if width != even:
+        return None, (f"`{name}` is a DTensor of V={vocab} placed {placements} whose local "
+                      f"shard has {width}, not the {even} of an even Shard: redistribute it")
+    return VocabSlice(start, vocab, mesh.get_group(mesh_dim), counts), None
 
 
-def vocab_shard(logits: Any, labels: Any, mask: Any, target_logits: Any, vocab_start: Any,
-                vocab_size: Any, tp_group: Any) -> tuple[VocabShard | None, str | None]:
-    """This rank's shard and what is wrong with the arguments (None when nothing is).
-
-    A shard comes back with a problem too when the group and the rows are known: the
-    rank then joins the group's collectives without rows of its own.
-    """
+def plain_slice(width: int, vocab_start: Any, vocab_size: Any, tp_group: Any, what: str
+                ) -> tuple[VocabSlice | None, str | None]:
+    """The slice `vocab_start`, `vocab_size`, `tp_group` say a shard of `width` entries
+    (`what`: "columns", "rows") holds, or one sentence naming the argument that is off."""
     import torch
 
-    if hasattr(logits, "device_mesh") and hasattr(logits, "to_local"):
-        if vocab_start is not None or vocab_size is not None or tp_group is not None:
-            return None, ("pass either a DTensor `logits` (its placements give the shard) or "
-                          "a local shard with `vocab_start` and `vocab_size`, not both")
-        shard, problem = _from_dtensor(logits, labels, mask)
-    else:
-        shard, problem = _from_plain(logits, labels, mask, vocab_start, vocab_size, tp_group)
-    if problem is None and target_logits is not None and not shard.whole:
-        problem = ("`target_logits` with vocab-parallel logits is not supported yet: observe "
-                   "the student alone, or gather the logits")
-    if shard is None and problem is not None and isinstance(logits, torch.Tensor) and (
-            tp_group is not None or vocab_start is not None):
-        shard = VocabShard(_local(logits), None, None, 0, 0, _group(torch, tp_group), False)
-    return shard, problem
+    if vocab_start is None or vocab_size is None:
+        missing = "vocab_start" if vocab_start is None else "vocab_size"
+        return None, (f"a vocab-parallel shard needs both `vocab_start` and `vocab_size`; "
+                      f"`{missing}` is missing")
+    if not _int(vocab_size) or vocab_size < max(width, 1):
+        return None, (f"expected `vocab_size` to be the whole vocabulary, an int >= the shard's "
+                      f"{width} {what}, got {vocab_size!r}")
+    if not _int(vocab_start) or not 0 <= vocab_start <= vocab_size - width:
+        return None, (f"expected `vocab_start` to be an int in [0, {vocab_size - width}] (the "
+                      f"shard's {width} {what} must lie inside `vocab_size` {vocab_size}), got "
+                      f"{vocab_start!r}")
+    group = _group(torch, tp_group)
+    if group is None and width != vocab_size:
+        return None, (f"`vocab_start` {vocab_start} with a shard of {width} of {vocab_size} "
+                      f"{what} needs torch.distributed initialised (or `tp_group`)")
+    counts = True
+    if group is not None:
+        counts = torch.distributed.get_rank(group) == 0
+        if torch.distributed.get_world_size(group) == 1:
+            group = None
+    return VocabSlice(vocab_start, vocab_size, group, counts), None
 
 
 def _group(torch: Any, tp_group: Any) -> Any:
@@ -123,34 +139,34 @@ def _group(torch: Any, tp_group: Any) -> Any:
     return None
 
 
-def _from_plain(logits: Any, labels: Any, mask: Any, vocab_start: Any, vocab_size: Any,
-                tp_group: Any) -> tuple[VocabShard | None, str | None]:
+def vocab_shard(logits: Any, labels: Any, mask: Any, target_logits: Any, vocab_start: Any,
+                vocab_size: Any, tp_group: Any) -> tuple[VocabShard | None, str | None]:
+    """This rank's shard and what is wrong with the arguments (None when nothing is).
+
+    A shard comes back with a problem too when the group and the rows are known: the
+    rank then joins the group's collectives without rows of its own.
+    """
     import torch
 
-    if not isinstance(logits, torch.Tensor) or logits.dim() < 1:
-        return None, None  # observe's own check names it
-    width = logits.shape[-1]
-    if vocab_start is None or vocab_size is None:
-        missing = "vocab_start" if vocab_start is None else "vocab_size"
-        return None, (f"vocab-parallel logits need both `vocab_start` and `vocab_size`; "
-                      f"`{missing}` is missing")
-    if not _int(vocab_size) or vocab_size < max(width, 1):
-        return None, (f"expected `vocab_size` to be the whole vocabulary, an int >= the shard's "
-                      f"{width} columns, got {vocab_size!r}")
-    if not _int(vocab_start) or not 0 <= vocab_start <= vocab_size - width:
-        return None, (f"expected `vocab_start` to be an int in [0, {vocab_size - width}] (the "
-                      f"shard's {width} columns must lie inside `vocab_size` {vocab_size}), got "
-                      f"{vocab_start!r}")
-    group = _group(torch, tp_group)
-    if group is None and width != vocab_size:
-        return None, (f"`vocab_start` {vocab_start} with a shard of {width} of {vocab_size} "
-                      "columns needs torch.distributed initialised (or `tp_group`)")
-    counts = True
-    if group is not None:
-        counts = torch.distributed.get_rank(group) == 0
-        if torch.distributed.get_world_size(group) == 1:
-            group = None
-    return VocabShard(logits, labels, mask, vocab_start, vocab_size, group, counts), None
+    where, problem = None, None
+    if is_dtensor(logits):
+        if vocab_start is not None or vocab_size is not None or tp_group is not None:
+            return None, ("pass either a DTensor `logits` (its placements give the shard) or "
+                          "a local shard with `vocab_start` and `vocab_size`, not both")
+        where, problem = dtensor_slice(logits, -1, "logits")
+    elif isinstance(logits, torch.Tensor) and logits.dim() >= 1:  # else observe's check says
+        where, problem = plain_slice(logits.shape[-1], vocab_start, vocab_size, tp_group,
+                                     "columns")
+    shard = None if where is None else VocabShard(
+        _local(logits), _local(labels), _local(mask), where.start, where.size, where.group,
+        where.counts)
+    if problem is None and shard is not None and target_logits is not None and not shard.whole:
+        problem = ("`target_logits` with vocab-parallel logits is not supported yet: observe "
+                   "the student alone, or gather the logits")
+    if shard is None and problem is not None and isinstance(logits, torch.Tensor) and (
+            tp_group is not None or vocab_start is not None):
+        shard = VocabShard(_local(logits), None, None, 0, 0, _group(torch, tp_group), False)
+    return shard, problem
 
 
 # ---- the call ------------------------------------------------------------------------------
@@ -185,7 +201,7 @@ def observe_shard(run: Any, probe: Any, step: int, stream: str, group: str | Non
     except Exception:
         stand_aside(shard, due, run._samples.num_samples)  # the other ranks must not wait
         raise
-    stats, fold_labels, candidates = merge_shards(
+    stats, fold_labels, _, candidates = merge_shards(
         partials, labels, shard.vocab_size, group=shard.group, mask=mask,
         ignore_index=ignore_index, extra=extra)
     probe.fold_rows(stream, group, n_groups, shard.vocab_size, stats, fold_labels, mask,
@@ -251,56 +267,57 @@ def _sample_shape(logits: Any, num_samples: int) -> tuple[int, int]:
 
 
 def _top_candidates(logits: Any, sample: tuple[int, int], shard: VocabShard) -> Any:
-    """This rank's top-5 (value, global id) of the sample rows, in its slot of a
-    (tp, rows, 5, 2) float64 table that is zero elsewhere: summed, it is every shard's."""
-    import torch
+    """This rank's top-5 of the sample rows in its slot of the table the SUM gathers."""
     import torch.distributed as dist
+
+    from trainspect.kernels.vocab_shard import top_candidates
 
     k, positions = sample
     rows = (logits if logits.dim() == 2 else logits[:k]).reshape(k * positions, -1)
     tp = 1 if shard.group is None else dist.get_world_size(shard.group)
     rank = 0 if shard.group is None else dist.get_rank(shard.group)
-    table = torch.zeros(tp, k * positions, TOP_K, 2, dtype=torch.float64, device=logits.device)
-    table[rank, :, :, 0] = float("-inf")
-    top = torch.topk(rows, min(TOP_K, rows.shape[1]), dim=-1)
-    width = top.values.shape[1]
-    table[rank, :, :width, 0] = top.values.to(torch.float64)
-    table[rank, :, :width, 1] = (top.indices + shard.vocab_start).to(torch.float64)
-    return table
+    return top_candidates(rows, shard.vocab_start, rank, tp, TOP_K)
 
 
 def _queue_samples(run: Any, step: int, stream: str, group: str | None, logits: Any,
                    sample: tuple[int, int], stats: Any, labels: Any, candidates: Any,
                    input_ids: Any, attention_mask: Any, token_names: dict | None,
                    ignore_index: int) -> None:
-    """The sample rows, built by the run's SampleTaker from the merged rows.
+    shape = (sample[0], sample[1]) if logits.dim() == 2 else (sample[0], *logits.shape[1:-1])
+    queue_samples(run, step, stream, group, shape, stats, labels, candidates, input_ids,
+                  attention_mask, token_names, ignore_index, one_sequence=logits.dim() == 2)
 
-    As the fused linear cross-entropy does (probes/linear_ce.py): SampleTaker.take is
-    handed a (k, ..., 5) stand-in for the logits, which fixes the layout of the rows it
-    builds, and its tensors are replaced by the merged ones (FIELDS, top ids, top probs).
+
+def queue_samples(run: Any, step: int, stream: str, group: str | None, shape: tuple,
+                  stats: Any, labels: Any, candidates: Any, input_ids: Any,
+                  attention_mask: Any, token_names: dict | None, ignore_index: int, *,
+                  one_sequence: bool = False) -> None:
+    """The sample rows, built by the run's SampleTaker from merged rows.
+
+    `shape` is (k sequences, positions..., [G]) of the sample rows, which are the first
+    rows of `stats`, `labels` (global ids) and the summed `candidates` table. As the
+    fused linear cross-entropy does (probes/linear_ce.py): SampleTaker.take is handed a
+    (*shape, 5) stand-in for the logits, which fixes the layout of the rows it builds,
+    and its tensors are replaced by the merged ones (FIELDS, top ids, top probs).
     """
     import torch
 
     from trainspect.flush import Part
+    from trainspect.kernels.vocab_shard import best_candidates
 
-    k, positions = sample
-    rows = k * positions
-    tp = candidates.shape[0]
-    merged = candidates.permute(1, 0, 2, 3).reshape(rows, tp * TOP_K, 2)
-    best = torch.topk(merged[..., 0], TOP_K, dim=-1)
-    top_ids = merged[..., 1].gather(1, best.indices).to(torch.int64)
-    shape = (k, positions) if logits.dim() == 2 else (k, *logits.shape[1:-1])
-    stand_in = torch.zeros(*shape, TOP_K, device=logits.device)
+    k, rows = shape[0], math.prod(shape)
+    positions = rows // k
+    values, top_ids = best_candidates(candidates, TOP_K)
+    stand_in = torch.zeros(*shape, TOP_K, device=labels.device)
     sample_labels = labels[:rows].view(shape)
     tensors, build = run._samples.take(
-        step, stream, group, stand_in[0] if logits.dim() == 2 else stand_in,
-        sample_labels[0] if logits.dim() == 2 else sample_labels, None, input_ids,
+        step, stream, group, stand_in[0] if one_sequence else stand_in,
+        sample_labels[0] if one_sequence else sample_labels, None, input_ids,
         attention_mask, token_names, ignore_index,
         on_rows=run._print_samples if run.verbose else None)
     fields = {name: getattr(stats, name)[:rows].view(k, positions)
               for name in FIELDS if name != "label"}
     fields["label"] = labels[:rows].to(torch.int64).view(k, positions)
-    values = best.values.to(torch.float32)
     top_probs = torch.exp(values - values[:, :1]) * fields["conf"].reshape(-1)[:, None]
     recorded = [fields[name] for name in FIELDS]
     recorded += [top_ids.view(k, positions, TOP_K), top_probs.view(k, positions, TOP_K)]
