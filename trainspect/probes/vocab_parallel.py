@@ -45,7 +45,8 @@ class VocabShard:
         return self.vocab_start == 0 and self.logits.shape[-1] == self.vocab_size
 
 
-def _local(value: Any) -> Any:
+def local_tensor(value: Any) -> Any:
+    """A DTensor's local piece; anything else as it is."""
     return value.to_local() if hasattr(value, "to_local") else value
 
 
@@ -158,14 +159,14 @@ def vocab_shard(logits: Any, labels: Any, mask: Any, target_logits: Any, vocab_s
         where, problem = plain_slice(logits.shape[-1], vocab_start, vocab_size, tp_group,
                                      "columns")
     shard = None if where is None else VocabShard(
-        _local(logits), _local(labels), _local(mask), where.start, where.size, where.group,
-        where.counts)
+        local_tensor(logits), local_tensor(labels), local_tensor(mask), where.start,
+        where.size, where.group, where.counts)
     if problem is None and shard is not None and target_logits is not None and not shard.whole:
         problem = ("`target_logits` with vocab-parallel logits is not supported yet: observe "
                    "the student alone, or gather the logits")
     if shard is None and problem is not None and isinstance(logits, torch.Tensor) and (
             tp_group is not None or vocab_start is not None):
-        shard = VocabShard(_local(logits), None, None, 0, 0, _group(torch, tp_group), False)
+        shard = VocabShard(local_tensor(logits), None, None, 0, 0, _group(torch, tp_group), False)
     return shard, problem
 
 
