@@ -88,10 +88,15 @@ def play(rank: int, world: int, name: str, layout: str) -> None:
 
 def reference(steps: range) -> dict[str, float]:
     """The window's text statistics in float64, from the whole logits."""
-    logits = torch.cat([batch(s)[0].reshape(-1, V) for s in steps]).double()
-    labels = torch.cat([batch(s)[1].reshape(-1) for s in steps])
+    return float64_stats(torch.cat([batch(s)[0].reshape(-1, V) for s in steps]),
+                         torch.cat([batch(s)[1].reshape(-1) for s in steps]))
+
+
+def float64_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """observe's window statistics of rows `logits` (N, V) and `labels` (N,), in float64."""
+    logits, vocab = logits.double(), logits.shape[-1]
     log_p = torch.log_softmax(logits, dim=-1)
-    keep = (labels >= 0) & (labels < V) & torch.isfinite(torch.logsumexp(logits, -1))
+    keep = (labels >= 0) & (labels < vocab) & torch.isfinite(torch.logsumexp(logits, -1))
     log_p, labels = log_p[keep], labels[keep]
     p = log_p.exp()
     conf, argmax = p.max(dim=-1)
@@ -103,7 +108,7 @@ def reference(steps: range) -> dict[str, float]:
     return {"acc": float(correct.mean()), "conf": float(conf.mean()),
             "target_conf": float(target.mean()), "conf_gap": float((target - conf).mean()),
             "entropy": float(-torch.where(p > 0, p * log_p, 0.0).sum(-1).mean()),
-            "ce": float(-target.log().mean()), "ece": float(ece) / n,
+            "ce": float(-log_p.gather(1, labels[:, None]).mean()), "ece": float(ece) / n,
             "confident_wrong": float(((conf > 0.5) & (correct == 0)).double().mean()),
             "supervised_tokens": n}
 
@@ -127,22 +132,43 @@ def single(tmp_path_factory):
 
 
 def check_same_as_single(view, single) -> None:
-    keys = set(single.keys())
     assert {f"text/{k}" for k in STATS} | {"text/ce_ema", "draft/pos1/acc",
-                                             "draft/accept_len"} <= keys
+                                             "draft/accept_len"} <= set(single.keys())
+    check_same_series(view, single, ("text/calibration", "draft/calibration"))
+    check_same_samples(view, single, (3, 6))
+    # the single run holds the float64 reference's numbers; planted rows are counted once
+    for end in range(LOG_EVERY, STEPS + 1, LOG_EVERY):
+        want = reference(range(end - LOG_EVERY + 1, end + 1))
+        for stat in STATS:
+            got = dict(view.series(f"text/{stat}"))[end]
+            assert got == pytest.approx(want[stat], rel=1e-5, abs=1e-9), (stat, end)
+    assert dict(view.series("text/nonfinite_rows")) == {2: 0.0, 4: 1.0, 6: 0.0}
+    assert dict(view.series("text/out_of_range_labels")) == {2: 0.0, 4: 1.0, 6: 0.0}
+
+
+def check_same_series(view, single, matrices: tuple[str, ...]) -> None:
+    """Every series (but the per-rank speed) and the matrices agree, to 1e-5 relative."""
+    keys = set(single.keys())
     assert {k for k in view.keys() if not k.startswith("speed/rank")} == keys
     for key in sorted(keys):
         got, want = view.series(key), single.series(key)
         assert [s for s, _ in got] == [s for s, _ in want], key
         for (_, a), (_, b) in zip(got, want):
             assert a == pytest.approx(b, rel=1e-5, abs=1e-9), key
-    for name in ("text/calibration", "draft/calibration"):
-        for end in range(LOG_EVERY, STEPS + 1, LOG_EVERY):
-            a, b = view.matrix(name, end), single.matrix(name, end)
-            assert a["step"] == b["step"] == end
+    for name in matrices:
+        steps = single.matrix_steps(name)
+        assert steps and view.matrix_steps(name) == steps, name
+        for step in steps:
+            a, b = view.matrix(name, step), single.matrix(name, step)
             assert sum(a["values"], []) == pytest.approx(sum(b["values"], []), rel=1e-5), name
-    for step in (3, 6):
-        for got, want in zip(_strip(view.samples(step=step)), _strip(single.samples(step=step))):
+
+
+def check_same_samples(view, single, steps: tuple[int, ...]) -> None:
+    """The prediction samples agree: the same tokens, probabilities to 1e-5 relative."""
+    for step in steps:
+        rows, wanted_rows = _strip(view.samples(step=step)), _strip(single.samples(step=step))
+        assert rows and len(rows) == len(wanted_rows), step
+        for got, want in zip(rows, wanted_rows):
             positions, wanted = got.pop("positions"), want.pop("positions")
             assert got == want and len(positions) == len(wanted)
             for pos_got, pos_want in zip(positions, wanted):
@@ -153,15 +179,6 @@ def check_same_as_single(view, single) -> None:
                         assert pos_got[field] == pytest.approx(value, rel=1e-5), field
                     else:
                         assert pos_got[field] == value, field
-        assert view.samples(step=step)
-    # the single run holds the float64 reference's numbers; planted rows are counted once
-    for end in range(LOG_EVERY, STEPS + 1, LOG_EVERY):
-        want = reference(range(end - LOG_EVERY + 1, end + 1))
-        for stat in STATS:
-            got = dict(view.series(f"text/{stat}"))[end]
-            assert got == pytest.approx(want[stat], rel=1e-5, abs=1e-9), (stat, end)
-    assert dict(view.series("text/nonfinite_rows")) == {2: 0.0, 4: 1.0, 6: 0.0}
-    assert dict(view.series("text/out_of_range_labels")) == {2: 0.0, 4: 1.0, 6: 0.0}
 
 
 def test_plain_local_shards_store_the_one_process_numbers(runs, single):
