@@ -132,6 +132,8 @@ def test_a_bad_vocab_start_for_the_head_is_one_error_naming_it():
     _, hidden, labels = batch(1)
     with pytest.raises(ts.TrainspectError, match="expected `vocab_start` to be an int in"):
         ts.linear_cross_entropy(hidden, weight[:SPLIT], labels, vocab_start=9, vocab_size=V)
+    with pytest.raises(ts.TrainspectError, match="`vocab_size` is missing"):
+        ts.linear_cross_entropy(hidden, weight[:SPLIT], labels, vocab_start=0)
     with pytest.raises(ts.TrainspectError, match="`target_logits` with a vocab-sharded head"):
         ts.linear_cross_entropy(hidden, weight[:SPLIT], labels, vocab_start=0, vocab_size=V,
                                 target_logits=torch.zeros(B, T, V), run=None)

@@ -67,6 +67,11 @@ def vocab_parallel_rows(hidden: Any, weight: Any, labels: Any, *, keep_rows: boo
                               "is not supported yet")
     where = head_slice(weight, options.get("vocab_start"), options.get("vocab_size"),
                        options.get("tp_group"))
+    if is_dtensor(hidden) and not _replicated_over_group(hidden, weight):
+        raise TrainspectError(
+            f"linear_cross_entropy: `hidden` is a DTensor placed {hidden.placements}; a "
+            "vocab-sharded head needs the same hidden states on every rank of its group "
+            "(sequence parallel: hidden.redistribute(mesh, [Replicate()]) first)")
     weight, bias = local_tensor(weight), local_tensor(options.get("bias"))
     hidden, labels = local_tensor(hidden), local_tensor(labels)
     hidden2, labels2, shape = _flat(hidden, labels)
@@ -94,6 +99,18 @@ def vocab_parallel_rows(hidden: Any, weight: Any, labels: Any, *, keep_rows: boo
                     options)
     loss = loss.view(shape) if reduction == "none" else loss
     return loss, None if recorder is None else recorder.rows.row_stats()
+
+
+def _replicated_over_group(hidden: Any, weight: Any) -> bool:
+    """Whether a DTensor `hidden` is the same on every rank of the head's group: Replicate
+    on the mesh dimension (by name) that shards a DTensor `weight`, else everywhere."""
+    names = getattr(hidden.device_mesh, "mesh_dim_names", None)
+    if is_dtensor(weight) and names:
+        weight_names = weight.device_mesh.mesh_dim_names or ()
+        tp = {weight_names[i] for i, p in enumerate(weight.placements)
+              if p.is_shard() and i < len(weight_names)}
+        return all(p.is_replicate() for name, p in zip(names, hidden.placements) if name in tp)
+    return all(p.is_replicate() for p in hidden.placements)
 
 
 class _Rows:
