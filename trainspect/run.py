@@ -268,8 +268,10 @@ class Run:
         shard, problem = None, None
         if vocab_start is not None or vocab_size is not None or tp_group is not None or hasattr(
                 logits, "device_mesh"):  # vocab-parallel logits: this rank's shard, as tensors
-            shard, problem = self._vocab_shard(logits, labels, mask, target_logits, vocab_start,
-                                               vocab_size, tp_group)
+            from trainspect.probes.vocab_parallel import vocab_shard
+
+            shard, problem = vocab_shard(logits, labels, mask, target_logits, vocab_start,
+                                         vocab_size, tp_group)
             if problem is None:
                 logits, labels, mask = shard.logits, shard.labels, shard.mask
         problem = problem or self._observe_problem(logits, labels, mask, target_logits, stream,
@@ -329,27 +331,12 @@ class Run:
         except Exception as err:  # arguments odd enough to break the check: skip the batch
             return f"the arguments could not be checked ({type(err).__name__}: {err})"
 
-    @staticmethod
-    def _vocab_shard(*args: Any) -> tuple[Any, str | None]:
-        """This rank's shard of vocab-parallel logits, and what is wrong with it."""
-        try:
-            from trainspect.probes.vocab_parallel import vocab_shard
-
-            return vocab_shard(*args)
-        except Exception as err:  # arguments odd enough to break the check: skip the batch
-            return None, (f"the vocab-parallel arguments could not be read "
-                          f"({type(err).__name__}: {err})")
-
     def _stand_aside(self, shard: Any, stream: str, step: int) -> None:
         """A skipped vocab-parallel batch still joins its group's collectives (no hang)."""
-        if shard is None:
-            return
-        try:
+        if shard is not None:
             from trainspect.probes.vocab_parallel import stand_aside
 
-            stand_aside(shard, self._samples.due(stream, step), self._samples.num_samples)
-        except Exception as err:
-            self.probe_failed("tokens", "observe", err)
+            stand_aside(self, shard, stream, step)
 
     def _take_samples(self, step: int, stream: str, group: str | None, logits: Any,
                       labels: Any, mask: Any, input_ids: Any, attention_mask: Any,

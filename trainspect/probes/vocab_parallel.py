@@ -140,13 +140,23 @@ def _group(torch: Any, tp_group: Any) -> Any:
     return None
 
 
-def vocab_shard(logits: Any, labels: Any, mask: Any, target_logits: Any, vocab_start: Any,
-                vocab_size: Any, tp_group: Any) -> tuple[VocabShard | None, str | None]:
-    """This rank's shard and what is wrong with the arguments (None when nothing is).
+def vocab_shard(*args: Any) -> tuple[VocabShard | None, str | None]:
+    """This rank's shard of vocab-parallel logits (`Run.observe`'s logits, labels, mask,
+    target_logits, vocab_start, vocab_size, tp_group) and what is wrong with them (None
+    when nothing is). Never raises: arguments odd enough to break the check are a problem.
 
     A shard comes back with a problem too when the group and the rows are known: the
-    rank then joins the group's collectives without rows of its own.
+    rank then joins the group's collectives without rows of its own (`stand_aside`).
     """
+    try:
+        return _vocab_shard(*args)
+    except Exception as err:
+        return None, (f"the vocab-parallel arguments could not be read "
+                      f"({type(err).__name__}: {err})")
+
+
+def _vocab_shard(logits: Any, labels: Any, mask: Any, target_logits: Any, vocab_start: Any,
+                 vocab_size: Any, tp_group: Any) -> tuple[VocabShard | None, str | None]:
     import torch
 
     where, problem = None, None
@@ -200,7 +210,7 @@ def observe_shard(run: Any, probe: Any, step: int, stream: str, group: str | Non
         partials = _partials(logits, labels, shard.vocab_start)
         extra = None if sample is None else _top_candidates(logits, sample, shard)
     except Exception:
-        stand_aside(shard, due, run._samples.num_samples)  # the other ranks must not wait
+        _join_empty(shard, due, run._samples.num_samples)  # the other ranks must not wait
         raise
     stats, fold_labels, _, candidates = merge_shards(
         partials, labels, shard.vocab_size, group=shard.group, mask=mask,
@@ -215,9 +225,16 @@ def observe_shard(run: Any, probe: Any, step: int, stream: str, group: str | Non
             run.probe_failed("samples", "observe", err)
 
 
-def stand_aside(shard: VocabShard, sample_due: bool, num_samples: int) -> None:
-    """Join the group's collectives with no rows of this rank's (its arguments were bad),
-    so that the other ranks do not wait forever: they see those rows' labels in no shard."""
+def stand_aside(run: Any, shard: VocabShard, stream: str, step: int) -> None:
+    """Join the group's collectives with no rows of this rank's (its batch was skipped), so
+    that the other ranks do not wait forever: they see those rows' labels in no shard."""
+    try:
+        _join_empty(shard, run._samples.due(stream, step), run._samples.num_samples)
+    except Exception as err:
+        run.probe_failed("tokens", "observe", err)
+
+
+def _join_empty(shard: VocabShard, sample_due: bool, num_samples: int) -> None:
     import torch
 
     from trainspect.kernels.vocab_shard import ShardPartials, merge_shards
