@@ -319,6 +319,9 @@ class Run:
 
                     observe_shard(self, probe, step, stream, group, shard, input_ids,
                                   attention_mask, token_names, ignore_index)
+                    observe_labels(self, stream, group, shard.logits.shape, shard.labels,
+                                   shard.mask, input_ids, attention_mask, ignore_index,
+                                   count=shard.counts)
                     return
                 probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
                 observe_labels(self, stream, group, logits.shape, labels, mask, input_ids,

@@ -138,11 +138,16 @@ class LabelProbe:
     # ---- the training step (device work only) ---------------------------------------
 
     def update(self, stream: str, group: str | None, n_groups: int, labels: Any, mask: Any,
-               input_ids: Any, attention_mask: Any, ignore_index: int) -> None:
-        """Count one batch. `labels` [..., T] or [..., T, G] with `group`."""
+               input_ids: Any, attention_mask: Any, ignore_index: int,
+               count: bool = True) -> None:
+        """Count one batch. `labels` [..., T] or [..., T, G] with `group`. With `count`
+        False (another rank of a tensor-parallel group holds the same batch and counts it)
+        only the stream's state is made, so every rank pools the same layout."""
         import torch
 
         s = self._state(stream, group, n_groups, labels.device)
+        if not count:
+            return
         lab = labels.to(torch.int64)
         sup = lab != ignore_index
         if mask is not None:
@@ -405,7 +410,7 @@ def _isin(values: Any, ids: Any) -> Any:
 
 def observe_labels(run: Any, stream: str, group: str | None, logits_shape: tuple,
                    labels: Any, mask: Any, input_ids: Any, attention_mask: Any,
-                   ignore_index: int) -> None:
+                   ignore_index: int, count: bool = True) -> None:
     """The hook `Run.observe` calls: count this batch; a failure switches the probe off."""
     if "labels" in run._disabled:
         return
@@ -415,6 +420,6 @@ def observe_labels(run: Any, stream: str, group: str | None, logits_shape: tuple
             probe = run.add_probe(LabelProbe(getattr(run, "tokenizer", None)))
         n_groups = int(logits_shape[-2]) if group else 1
         probe.update(stream, group, n_groups, labels, mask, input_ids, attention_mask,
-                     ignore_index)
+                     ignore_index, count)
     except Exception as err:
         run.probe_failed("labels", "observe", err)

@@ -59,6 +59,7 @@ def vocab_parallel_rows(hidden: Any, weight: Any, labels: Any, *, keep_rows: boo
     import torch.distributed as dist
 
     from trainspect.kernels.linear_ce_vocab import HeadSlice, vocab_parallel_linear_ce
+    from trainspect.probes.labels import observe_labels
     from trainspect.probes.linear_ce import _flat
 
     given = [name for name in UNSUPPORTED if options.get(name) is not None]
@@ -97,6 +98,9 @@ def vocab_parallel_rows(hidden: Any, weight: Any, labels: Any, *, keep_rows: boo
         with torch.no_grad():
             _finish(run, step, stream, where, recorder, labels2, sample_shape, ignore_index,
                     options)
+            observe_labels(run, stream, None, (*shape, where.size), labels2.view(shape), None,
+                           options.get("input_ids"), options.get("attention_mask"),
+                           ignore_index, count=where.counts)
     loss = loss.view(shape) if reduction == "none" else loss
     return loss, None if recorder is None else recorder.rows.row_stats()
 
