@@ -63,7 +63,7 @@ from .token_stats import RowStats
 from .token_stats import _triton_interpreting as _interpreting
 from .token_stats_tl import _rows_kernel, triton
 
-__all__ = ["BENCH_CONFIGS", "DEFAULT_CONFIG", "SHORT_CONFIG", "SHORT_MAX_VOCAB",
+__all__ = ["DEFAULT_CONFIG", "SHORT_CONFIG", "SHORT_MAX_VOCAB",
            "TEACHER_CONFIG", "TritonConfig", "fold_triton", "row_stats_triton"]
 
 SHORT_MAX_VOCAB = 4096  # rows up to this length are held in registers
@@ -98,16 +98,11 @@ class TritonConfig:
             raise ValueError(f"expected `programs_per_sm` >= -1, got {self.programs_per_sm}")
 
 
-# Defaults: benchmarks/token_stats_kernel.py's sweep on an H200 (docs/benchmarks.md).
+# Defaults: benchmarks/token_stats_kernel.py times the variants of each (its LONG_VARIANTS
+# and SHORT_VARIANTS) and prints the pick (docs/benchmarks.md).
 DEFAULT_CONFIG = TritonConfig(512, 2, 2)  # long rows, with or without the fold
 TEACHER_CONFIG = TritonConfig(512, 2, 2)  # long rows with target_logits
 SHORT_CONFIG = TritonConfig(16, 2, 1, programs_per_sm=0)  # short rows: warps and grid only
-BENCH_CONFIGS = (
-    TritonConfig(512, 2, 2),
-    TritonConfig(512, 2, 2, slots=True),
-    TritonConfig(1024, 2, 2, slots=True),
-    TritonConfig(1024, 4, 2),
-)
 FOLD_WARPS = 4
 FOLD_TILE = 128  # tokens x padded groups per tile of the fold
 FOLD_PROGRAMS_PER_SM = 2
