@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.helpers import HAS_CUDA, INTERPRETING, first_argmax, reference
+from tests.kernels.helpers import HAS_CUDA, INTERPRETING, assert_matches, first_argmax, reference
 from trainspect.kernels import row_stats
 from trainspect.probes.tokens import TokenProbe
 
@@ -87,16 +87,19 @@ def test_nonfinite_rows_in_every_variant(where, config, monkeypatch):
 
 
 @pytest.mark.parametrize("where", WHERE)
-@pytest.mark.parametrize("short", [(1, -1), (2, 0), (4, -1)], ids=["1w-per-row", "2w-resident",
-                                                                   "4w-per-row"])
+@pytest.mark.parametrize("short", [(1, -1, 1), (2, 0, 1), (4, -1, 1), (4, 0, 8), (4, -1, 32)],
+                         ids=["1w-per-row", "2w-resident", "4w-per-row", "tile8-resident",
+                              "tile32-per-tile"])
 def test_short_row_launches_fold_alike(where, short, monkeypatch):
-    """Audio-like codebooks (V = 1026, G = 8) under each short-row launch: the fused state
-    equals the torch fold's."""
+    """Audio-like codebooks (V = 1026, G = 8) under each short-row launch, one row or a
+    tile of rows at a time (48 rows: 6 tiles of 8 over 3 programs, or a full tile of 32
+    and a partial one): the fused state equals the torch fold's."""
     from trainspect.kernels import token_stats_triton
     from trainspect.kernels.token_stats_triton import TritonConfig
 
     monkeypatch.setattr(token_stats_triton, "SHORT_CONFIG",
-                        TritonConfig(16, short[0], 1, programs_per_sm=short[1]))
+                        TritonConfig(16, short[0], 1, programs_per_sm=short[1],
+                                     short_rows=short[2]))
     gen = torch.Generator().manual_seed(3)
     logits = (torch.randn(2, 3, 8, 1026, generator=gen) * 3).to(torch.bfloat16)
     labels = torch.randint(0, 1026, (2, 3, 8), generator=gen)
@@ -135,3 +138,68 @@ def test_fold_of_many_tiles_and_programs(where, monkeypatch):
     for a, b in zip(*states):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
     assert states[1][2][2] == 1  # the one out-of-range label
+
+
+TILES = [pytest.param((16, 4, 1, -1, False, 4), id="tile4-per-tile"),
+         pytest.param((16, 2, 1, 0, False, 16), id="tile16-resident")]
+
+
+def short_rows_batch(gen, n=11, vocab=1026):
+    """bf16 rows of a short vocabulary (a main piece of 1024 and a tail) with planted
+    maxima: ties inside the main piece, across main and tail (the main one first), in
+    the tail only; labels ignored, out of range and masked out."""
+    logits = planted(gen, n, vocab)
+    top = float(logits.float().max()) + 1.0
+    logits[6, [1025, 3]] = top  # main piece and tail: 3
+    logits[7, [1025, 1024]] = top  # the tail only: 1024
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    labels[2], labels[5], labels[9] = -100, vocab + 4, 1025
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[8] = False
+    return logits, labels, mask
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("config", TILES)
+def test_short_tiles_match_the_reference(where, config):
+    """Short rows a tile at a time (11 rows: full and partial tiles) with a teacher and a
+    mask: every statistic against the float64 reference, ties as torch.argmax."""
+    from trainspect.kernels.token_stats_triton import TritonConfig, row_stats_triton
+
+    gen = torch.Generator().manual_seed(5)
+    logits, labels, mask = short_rows_batch(gen)
+    target = planted(gen, 11, 1026).flip(0)
+    got = row_stats_triton(logits.to(where), labels.to(where), mask=mask.to(where),
+                           target_logits=target.to(where), config=TritonConfig(*config))
+    want = reference(logits, labels, target, mask=mask)
+    assert got.argmax.cpu()[6:8].tolist() == [3, 1024]
+    assert_matches(got, want, where, 5)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_short_tiles_equal_one_row_at_a_time(where):
+    """Non-finite rows (NaN in the tail, +inf, all -inf), -inf entries and a soft cap: a
+    tile of rows gives what one row at a time gives, flags and NaN included."""
+    from trainspect.kernels.token_stats_triton import TritonConfig, row_stats_triton
+
+    gen = torch.Generator().manual_seed(9)
+    logits, labels, _ = short_rows_batch(gen)
+    logits = logits.float()
+    logits[0, 1025] = float("nan")
+    logits[1, 17] = float("inf")
+    logits[3] = float("-inf")
+    logits[4, ::3] = float("-inf")
+    target = logits.flip(0).clone()
+    for cap, finite in ((None, [False, False, False, True]), (30.0, [False, True, True, True])):
+        out = {rows: row_stats_triton(logits.to(where), labels.to(where),
+                                      target_logits=target.to(where), logit_softcap=cap,
+                                      config=TritonConfig(16, 2, 1, -1, short_rows=rows))
+               for rows in (1, 8)}
+        # the soft cap takes +-inf logits to +-cap (NaN stays): rows 1 and 3 are finite
+        assert out[8].finite.cpu()[[0, 1, 3, 4]].tolist() == finite
+        for name in ("valid", "finite", "argmax", "teacher_argmax"):
+            assert torch.equal(getattr(out[8], name).cpu(), getattr(out[1], name).cpu()), name
+        for name in ("conf", "label_prob", "ce", "entropy", "kl", "alpha"):
+            torch.testing.assert_close(getattr(out[8], name).cpu(),
+                                       getattr(out[1], name).cpu(), rtol=1e-6, atol=1e-6,
+                                       equal_nan=True, msg=lambda m, name=name: f"{name}: {m}")

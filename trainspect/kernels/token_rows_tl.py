@@ -26,6 +26,8 @@ LOG2E = _constexpr(1.4426950408889634)  # log2(e): exp(x) = 2^(x log2 e)
 LN2 = _constexpr(0.6931471805599453)  # ln(2): from base 2 back to nats
 T_FLOOR = _constexpr(-1.0e30)  # 2^t is 0 below this; keeps 0 * (-inf) out of the sums
 NEG_INF = _constexpr(float("-inf"))
+# Bits of the fold's per-row flags (stored as float32, exact; token_fold_tl.py reads them).
+F_VALID, F_FINITE, F_CORRECT, F_AGREE, F_BAD = (_constexpr(1 << i) for i in range(5))
 
 
 def _jit(fn):
@@ -314,3 +316,33 @@ def _short_row(
             tl.store(g_row_ptr + tcols * gv, g.to(g_row_ptr.dtype.element_ty), mask=inb)
     return (finite, amax, tl.exp2(m * LOG2E - lse2), tl.exp2(log2_p_label),
             -log2_p_label * LN2, (log2_s - a / s) * LN2, t_amax, kl, alpha)
+
+
+@_jit
+def _store_rows(out, live, valid, finite, bad, label, amax, t_amax, conf, lp, ce, ent, kl,
+                alpha, valid_out, finite_out, argmax_out, t_argmax_out, flags_out, conf_out,
+                lp_out, ce_out, ent_out, kl_out, alpha_out, HAS_TARGET: tl.constexpr,
+                STORE_ROWS: tl.constexpr, FOLD: tl.constexpr):
+    """Store rows ``out`` (one, or a tile where ``live``): their statistics (RowStats'
+    outputs when STORE_ROWS) and/or the fold's record (FOLD: flags and the floats)."""
+    if STORE_ROWS:
+        tl.store(valid_out + out, valid.to(tl.int8), mask=live)
+        tl.store(finite_out + out, finite.to(tl.int8), mask=live)
+        tl.store(argmax_out + out, amax.to(tl.int64), mask=live)
+        if HAS_TARGET:
+            tl.store(t_argmax_out + out, t_amax.to(tl.int64), mask=live)
+    if STORE_ROWS or FOLD:
+        tl.store(conf_out + out, conf, mask=live)
+        tl.store(lp_out + out, lp, mask=live)
+        tl.store(ce_out + out, ce, mask=live)
+        tl.store(ent_out + out, ent, mask=live)
+        if HAS_TARGET:
+            tl.store(kl_out + out, kl, mask=live)
+            tl.store(alpha_out + out, alpha, mask=live)
+    if FOLD:
+        counted = valid & finite
+        flags = (valid.to(tl.int32) * F_VALID + finite.to(tl.int32) * F_FINITE
+                 + (counted & (amax.to(tl.int64) == label)).to(tl.int32) * F_CORRECT
+                 + (counted & (amax == t_amax)).to(tl.int32) * F_AGREE
+                 + bad.to(tl.int32) * F_BAD)
+        tl.store(flags_out + out, flags.to(tl.float32), mask=live)

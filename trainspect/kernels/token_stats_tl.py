@@ -12,11 +12,22 @@ statistics, which `_fold_kernel` adds up in a second, small launch.
 
 from __future__ import annotations
 
-from .token_rows_tl import _constexpr, _jit, _long_row, _short_row, _zero_row, tl, triton
+from .token_rows_tl import (
+    F_AGREE,
+    F_BAD,
+    F_CORRECT,
+    F_FINITE,
+    F_VALID,
+    _jit,
+    _long_row,
+    _short_row,
+    _store_rows,
+    _zero_row,
+    tl,
+    triton,
+)
 from .token_slots_tl import _long_row_slots
-
-# Bits of the fold's per-row flags (stored as float32, exact).
-F_VALID, F_FINITE, F_CORRECT, F_AGREE, F_BAD = (_constexpr(1 << i) for i in range(5))
+from .token_tile_tl import _tile_rows
 
 __all__ = ["F_AGREE", "F_BAD", "F_CORRECT", "F_FINITE", "F_VALID", "_rows_kernel", "triton"]
 
@@ -82,28 +93,10 @@ def _one_row(
                 HAS_GRAD, SOFTCAP, BLOCK_V, EVICT_PASS1)
     elif HAS_GRAD:
         _zero_row(g_row, gsv, V, BLOCK_V)
-    out = r.to(tl.int64)
-    if STORE_ROWS:
-        tl.store(valid_out + out, valid.to(tl.int8))
-        tl.store(finite_out + out, finite.to(tl.int8))
-        tl.store(argmax_out + out, amax.to(tl.int64))
-        if HAS_TARGET:
-            tl.store(t_argmax_out + out, t_amax.to(tl.int64))
-    if STORE_ROWS or FOLD:
-        tl.store(conf_out + out, conf)
-        tl.store(lp_out + out, lp)
-        tl.store(ce_out + out, ce)
-        tl.store(ent_out + out, ent)
-        if HAS_TARGET:
-            tl.store(kl_out + out, kl)
-            tl.store(alpha_out + out, alpha)
-    if FOLD:
-        counted = valid & finite
-        flags = (valid.to(tl.int32) * F_VALID + finite.to(tl.int32) * F_FINITE
-                 + (counted & (amax.to(tl.int64) == label)).to(tl.int32) * F_CORRECT
-                 + (counted & (amax == t_amax)).to(tl.int32) * F_AGREE
-                 + bad.to(tl.int32) * F_BAD)
-        tl.store(flags_out + out, flags.to(tl.float32))
+    _store_rows(r.to(tl.int64), r >= 0, valid, finite, bad, label, amax, t_amax, conf, lp,
+                ce, ent, kl, alpha, valid_out, finite_out, argmax_out, t_argmax_out, flags_out,
+                conf_out, lp_out, ce_out, ent_out, kl_out, alpha_out, HAS_TARGET, STORE_ROWS,
+                FOLD)
 
 
 @_jit_args(do_not_specialize=["n_rows", "G", "D1", "D2", "ignore_index"])
@@ -118,11 +111,28 @@ def _rows_kernel(
     SCALE_PTR: tl.constexpr, SOFTCAP: tl.constexpr, STORE_ROWS: tl.constexpr,
     FOLD: tl.constexpr, SHORT: tl.constexpr, SLOTS: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_V: tl.constexpr, VM: tl.constexpr, VT: tl.constexpr, EVICT_PASS1: tl.constexpr,
-    SLOT: tl.constexpr,
+    SLOT: tl.constexpr, RB: tl.constexpr,
 ):
-    """One program per row, or (PERSISTENT) program p takes rows p, p + P, ..."""
+    """One program per row, or (PERSISTENT) program p takes rows p, p + P, ...; with RB > 1
+    (short rows, no gradient) the same with tiles of RB rows."""
     g_scale = tl.load(scale_ptr).to(tl.float32) if SCALE_PTR else scale
-    if PERSISTENT:
+    if RB > 1:
+        if PERSISTENT:
+            for tile in range(tl.program_id(0), tl.cdiv(n_rows, RB), tl.num_programs(0)):
+                _tile_rows(tile * RB, n_rows, x_ptr, lab_ptr, mask_ptr, t_ptr, valid_out,
+                           finite_out, argmax_out, t_argmax_out, flags_out, conf_out, lp_out,
+                           ce_out, ent_out, kl_out, alpha_out, cap, G, D1, D2, V,
+                           ignore_index, xs0, xs1, xs2, xsg, xsv, ls0, ls1, ls2, lsg,
+                           ms0, ms1, ms2, msg, ts0, ts1, ts2, tsg, tsv,
+                           HAS_MASK, HAS_TARGET, SOFTCAP, STORE_ROWS, FOLD, VM, VT, RB)
+        else:
+            _tile_rows(tl.program_id(0) * RB, n_rows, x_ptr, lab_ptr, mask_ptr, t_ptr,
+                       valid_out, finite_out, argmax_out, t_argmax_out, flags_out, conf_out,
+                       lp_out, ce_out, ent_out, kl_out, alpha_out, cap, G, D1, D2, V,
+                       ignore_index, xs0, xs1, xs2, xsg, xsv, ls0, ls1, ls2, lsg,
+                       ms0, ms1, ms2, msg, ts0, ts1, ts2, tsg, tsv,
+                       HAS_MASK, HAS_TARGET, SOFTCAP, STORE_ROWS, FOLD, VM, VT, RB)
+    elif PERSISTENT:
         for r in range(tl.program_id(0), n_rows, tl.num_programs(0)):
             _one_row(r, x_ptr, lab_ptr, mask_ptr, t_ptr, g_ptr, valid_out, finite_out,
                      argmax_out, t_argmax_out, flags_out, conf_out, lp_out, ce_out, ent_out,

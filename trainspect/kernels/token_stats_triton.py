@@ -43,7 +43,9 @@ Long rows (V > SHORT_MAX_VOCAB), one row at a time:
 Short rows (V <= SHORT_MAX_VOCAB, e.g. audio codebooks of 1026), one row at a time in
 registers: a power-of-two main piece plus a small tail, so few lanes are wasted; the
 exact max first, then every sum, the teacher's KL and alpha and the gradient from
-registers: one read even with a teacher or a gradient.
+registers: one read even with a teacher or a gradient. With ``TritonConfig.short_rows``
+> 1 a program holds that many rows at once as one tile (token_tile_tl.py, no gradient),
+so the reductions' latency is paid once per tile.
 
 Extra device memory: the per-row outputs when asked for (row_stats), the fold's
 records otherwise. Triton is imported under a guard, so this module imports on
@@ -86,6 +88,9 @@ class TritonConfig:
     slots: bool = False
     """Long rows with a per-slot online softmax (token_slots_tl.py) instead of the
     per-block one."""
+    short_rows: int = 1
+    """Short rows held at once by a program (a power of two; token_tile_tl.py); 1: one
+    at a time. Rows with a gradient always go one at a time."""
 
     def __post_init__(self) -> None:
         if self.block_v < 16 or self.block_v & (self.block_v - 1):
@@ -96,6 +101,8 @@ class TritonConfig:
             raise ValueError(f"expected `num_stages` >= 1, got {self.num_stages}")
         if self.programs_per_sm < -1:
             raise ValueError(f"expected `programs_per_sm` >= -1, got {self.programs_per_sm}")
+        if self.short_rows < 1 or self.short_rows & (self.short_rows - 1):
+            raise ValueError(f"expected `short_rows` to be a power of two, got {self.short_rows}")
 
 
 # Defaults: benchmarks/token_stats_kernel.py times the variants of each (its LONG_VARIANTS
@@ -148,9 +155,10 @@ class _Plan:
     """What a layout needs to launch, computed once per layout (shapes, strides, flags)."""
 
     ints: tuple  # n_rows, G, D1, D2, V, ignore_index and the five tensors' strides
-    constexprs: tuple  # HAS_MASK ... SLOT, in the kernel's order
+    constexprs: tuple  # HAS_MASK ... RB, in the kernel's order
     n_tokens: int
     n_rows: int
+    n_units: int  # rows, or tiles of rows, the grid takes (one program each, or persistent)
     num_warps: int
     num_stages: int
     per_sm: int  # programs per multiprocessor of a persistent grid; -1: one per row
@@ -201,11 +209,13 @@ def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | 
     ints = (n_tokens * n_groups, n_groups, merged[1][0], merged[2][0], vocab, ignore_index,
             *strides(logits, True), *strides(labels, False), *strides(mask, False),
             *strides(target, True), *strides(grad, True))
+    tile_rows = cfg.short_rows if short and not has_grad else 1
     constexprs = (has_mask, has_target, has_grad, scale_dtype is not False, cap is not None,
                   store_rows, fold, short, cfg.slots and block_v >= 16 * SLOT,
                   cfg.programs_per_sm >= 0, block_v, main, tail,
-                  "evict_last" if has_target or has_grad else "evict_first", SLOT)
-    plan = _Plan(ints, constexprs, n_tokens, n_tokens * n_groups,
+                  "evict_last" if has_target or has_grad else "evict_first", SLOT, tile_rows)
+    n_rows = n_tokens * n_groups
+    plan = _Plan(ints, constexprs, n_tokens, n_rows, -(-n_rows // tile_rows),
                  cfg.num_warps, 1 if short else cfg.num_stages, cfg.programs_per_sm,
                  logits.device.index or 0)
     if len(_PLANS) > 256:  # bounded: layouts of a training run are few
@@ -219,12 +229,12 @@ def _grid(plan: _Plan, device: torch.device) -> int:
     resident at once (by registers, once the kernel is compiled; 8 per multiprocessor
     before) or ``programs_per_sm`` per multiprocessor."""
     if plan.per_sm < 0:
-        return plan.n_rows
+        return plan.n_units
     if _interpreting() or device.type != "cuda":
-        return min(plan.n_rows, 3)  # several programs, several rows each
+        return min(plan.n_units, 3)  # several programs, several rows (or tiles) each
     if plan.programs:
-        return min(plan.n_rows, plan.programs)
-    return min(plan.n_rows, _multiprocessors(plan.device) * (plan.per_sm or 8))
+        return min(plan.n_units, plan.programs)
+    return min(plan.n_units, _multiprocessors(plan.device) * (plan.per_sm or 8))
 
 
 def _resident(kernel, num_warps: int) -> int:
