@@ -89,7 +89,10 @@ SHORT_VARIANTS = [("1 warp, one program per row", "SHORT_CONFIG", TritonConfig(1
                   ("1 warp, resident grid", "SHORT_CONFIG", TritonConfig(16, 1, 1, 0)),
                   ("2 warps, resident grid (the default, again)", "SHORT_CONFIG",
                    TritonConfig(16, 2, 1, 0)),
-                  ("4 warps, one program per row", "SHORT_CONFIG", TritonConfig(16, 4, 1, -1))]
+                  ("4 warps, one program per row", "SHORT_CONFIG", TritonConfig(16, 4, 1, -1)),
+                  *((f"tile {rows} rows, {warps} warps, {'resident' if grid == 0 else 'per tile'}",
+                     "SHORT_CONFIG", TritonConfig(16, warps, 1, grid, short_rows=rows))
+                    for rows, warps, grid in ((4, 2, 0), (4, 4, 0), (8, 4, -1), (8, 8, 0)))]
 TABLE = [
     Case("text, bf16, 32768x152064", (32768,), 152064,
          variants=_long("DEFAULT_CONFIG", "noise", *TEXT)),
@@ -109,7 +112,8 @@ TABLE = [
 TINY = [Case("text", (6,), 5000, variants=_long("DEFAULT_CONFIG", "noise", *TEXT)),
         Case("slice", (2, 9), 700, slice_last=True),
         Case("draft", (2, 3, 4), 600, group="pos"),
-        Case("audio", (2, 5, 8), 1026, group="cb", variants=SHORT_VARIANTS[:3]),
+        Case("audio", (2, 5, 8), 1026, group="cb",
+             variants=SHORT_VARIANTS[2:3] + SHORT_VARIANTS[-1:]),
         Case("teacher", (4,), 4200, teacher=True, variants=_long("TEACHER_CONFIG", "slot512"))]
 KERNEL_ALONE = [("text, bf16, 32768x152064", False), ("with target_logits, 8192x152064", True),
                 ("with target_logits, 32768x152064", True)]
@@ -215,32 +219,43 @@ def observe_rows_of(case: Case, cuda: bool, tiny: bool, res: dict) -> list[dict]
             break
         row = {"case": case.name, "variant": label, "bytes": nbytes, "floor_ms": floor,
                "attr": attr, "config": repr(cfg) if cfg else None}
-        with Swap(**({attr: cfg} if attr else {})), tempfile.TemporaryDirectory() as tmp:
-            run = ts.init(project="bench", dir=tmp, log_every=10**9, samples_every=10**9)
-            run.add_probe(TokenProbe(backend=backend))
-            call = observe_call(case, run, x, y, t)
-            call()  # compile and allocate the state
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.set_sync_debug_mode("error")
-                try:
-                    call()
-                    row["sync_free"] = True
-                except RuntimeError as err:
-                    row["sync_free"] = f"no: {str(err).splitlines()[0][:100]}"
-                finally:
-                    torch.cuda.set_sync_debug_mode(0)
-                row["extra_mib"] = peak_extra_mib(call)
-            row["ms"] = bench_ms(call, cuda, rep_ms=100 if attr is None else 60)
-            row["errors"] = dict(run.errors)
-            run.finish()
-            if want is not None:
-                row["state_rel_err"] = state_error(fused_state(backend, case, x, y, t), want)
+        try:
+            with Swap(**({attr: cfg} if attr else {})):
+                time_observe(row, case, cuda, backend, x, y, t, want)
+        except Exception as err:  # a variant that fails to compile or run: say so, go on
+            row["failed"] = f"{type(err).__name__}: {str(err).strip()[:300]}"
+            print(f"{case.name[:44]:<45}{label[:44]:<45} FAILED {row['failed']}", flush=True)
         rows.append(row)
-        print_observe(row, flush=True)
+        if "ms" in row:
+            print_observe(row, flush=True)
     del x, y, t, keep
     free()
     return rows
+
+
+def time_observe(row: dict, case: Case, cuda: bool, backend: str, x, y, t, want) -> None:
+    """Fill ``row``: ms, extra memory, sync check, errors, state error of one launch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = ts.init(project="bench", dir=tmp, log_every=10**9, samples_every=10**9)
+        run.add_probe(TokenProbe(backend=backend))
+        call = observe_call(case, run, x, y, t)
+        call()  # compile and allocate the state
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                call()
+                row["sync_free"] = True
+            except RuntimeError as err:
+                row["sync_free"] = f"no: {str(err).splitlines()[0][:100]}"
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            row["extra_mib"] = peak_extra_mib(call)
+        row["ms"] = bench_ms(call, cuda, rep_ms=100 if row["attr"] is None else 60)
+        row["errors"] = dict(run.errors)
+        run.finish()
+    if want is not None:
+        row["state_rel_err"] = state_error(fused_state(backend, case, x, y, t), want)
 
 
 def deadline_passed(res: dict) -> bool:
@@ -295,9 +310,14 @@ def kernel_alone_rows(res: dict, baseline_path: str | None) -> list[dict]:
         if old is not None:
             calls.append((f"baseline {Path(baseline_path).name}", baseline_call(old, x, y, t)))
         for label, fn in calls:
-            fn()
-            row = {"case": name, "variant": label, "ms": bench_ms(fn, True, rep_ms=60),
-                   "floor_ms": floor}
+            try:
+                fn()
+                row = {"case": name, "variant": label, "ms": bench_ms(fn, True, rep_ms=60),
+                       "floor_ms": floor}
+            except Exception as err:  # a variant that fails: say so, go on
+                rows.append({"case": name, "variant": label, "failed": repr(err)[:300]})
+                print(f"  kernel alone  {name:<36}{label:<36} FAILED {rows[-1]['failed']}")
+                continue
             rows.append(row)
             print(f"  kernel alone  {name:<36}{label:<36}{row['ms']:9.3f}"
                   f"{row['ms'] / floor:7.2f}x", flush=True)
@@ -436,8 +456,11 @@ def warm_part(part: int, parts: int) -> None:
         case = next(c for c in TABLE if c.name == name)
         variant = next((v for v in case.variants if v[0] == label), None)
         x, y, t, _ = make_inputs(case, "cuda", lead=case.tiny_lead)
-        with Swap(**({variant[1]: variant[2]} if variant else {})):
-            fused_state("triton", case, x, y, t)
+        try:
+            with Swap(**({variant[1]: variant[2]} if variant else {})):
+                fused_state("triton", case, x, y, t)
+        except Exception as err:  # the timed run reports it again, with its row
+            print(f"warm: {name} / {label} failed: {type(err).__name__}", flush=True)
     x, y, t, _ = make_inputs(Case("w", (4,), 152064, teacher=True), "cuda")
     if part == 0 % parts:  # the kernel alone
         for cfg in (TritonConfig(512, 2, 2), TritonConfig(512, 2, 2, slots=True)):
@@ -484,6 +507,7 @@ def picks(rows: list[dict]) -> list[dict]:
     (DEFAULT_CONFIG, TEACHER_CONFIG, SHORT_CONFIG). A variant is suggested only when it
     was timed on every case that default serves, passed every check there, and was at
     least 2% faster on each (no row slower); otherwise the default stays."""
+    rows = [r for r in rows if "ms" in r]  # failed rows are printed, never picked
     default_ms = {r["case"]: r["ms"] for r in rows if r.get("attr") is None}
     served: dict[str, set] = {}
     timed: dict[tuple, list] = {}
@@ -521,7 +545,7 @@ def print_observe(r: dict, flush: bool = False) -> None:
         check += f" SYNC: {r['sync_free']}"
     if r.get("errors"):
         check += f" ERRORS {r['errors']}"
-    print(f"{r['case'][:44]:<45}{r['variant'][:32]:<33}{fmt(r['ms'])}{fmt(r.get('floor_ms'))}"
+    print(f"{r['case'][:44]:<45}{r['variant'][:44]:<45}{fmt(r['ms'])}{fmt(r.get('floor_ms'))}"
           f"{fmt(ratio, '.2f', 7)}{fmt(pct, '.2f', 7)}% {check}", flush=flush)
 
 
@@ -567,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compiled every launch in {args.warm} processes: {res['warm_s']:.1f} s",
                   flush=True)
         if want("observe"):
-            print(f"{'observe of':<45}{'variant':<33}{'ms':>9}{'floor':>9}{'x':>7}{'extra':>8}",
+            print(f"{'observe of':<45}{'variant':<45}{'ms':>9}{'floor':>9}{'x':>7}{'extra':>8}",
                   flush=True)
             res["observe"] = []
             for case in TABLE:
@@ -581,7 +605,10 @@ def main(argv: list[str] | None = None) -> int:
                         ("fused", lambda: fused_loss_rows(cuda)),
                         ("fallback", lambda: fallback_rows(cuda))):
             if want(key):
-                res[key] = fn()
+                try:
+                    res[key] = fn()
+                except Exception as err:  # the sections after it still run
+                    res[key] = {"failed": repr(err)[:500]}
                 print(f"{key}: {json.dumps(res[key], default=str)}", flush=True)
                 save(res)
     elif args.tiny:
