@@ -92,7 +92,7 @@ SHORT_VARIANTS = [("1 warp, one program per row", "SHORT_CONFIG", TritonConfig(1
                   ("4 warps, one program per row", "SHORT_CONFIG", TritonConfig(16, 4, 1, -1)),
                   *((f"tile {rows} rows, {warps} warps, {'resident' if grid == 0 else 'per tile'}",
                      "SHORT_CONFIG", TritonConfig(16, warps, 1, grid, short_rows=rows))
-                    for rows, warps, grid in ((4, 2, 0), (4, 4, 0), (8, 4, -1), (8, 8, 0)))]
+                    for rows, warps, grid in ((2, 2, 0), (4, 4, 0), (8, 4, -1), (8, 8, 0)))]
 TABLE = [
     Case("text, bf16, 32768x152064", (32768,), 152064,
          variants=_long("DEFAULT_CONFIG", "noise", *TEXT)),
