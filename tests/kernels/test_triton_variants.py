@@ -18,7 +18,7 @@ CONFIGS = [  # block, warps, stages, programs per multiprocessor, slots
     pytest.param((128, 2, 1, -1, False), id="block-per-row"),
     pytest.param((128, 2, 2, -1, True), id="slots-per-row"),
     pytest.param((256, 1, 1, 0, True), id="slots-persistent"),
-    pytest.param((16, 4, 1, 0, False), id="block16-persistent"),
+    pytest.param((64, 4, 1, 0, False), id="block64-persistent"),
 ]
 WHERE = [
     pytest.param("cpu", id="interpret",
