@@ -9,12 +9,14 @@ one call above what was allocated before it. Every row is also checked: the fuse
 state against the torch path's (the reference) on the same inputs, and one call under
 `torch.cuda.set_sync_debug_mode("error")`.
 
-Then the launch variants of each row, also `observe` end to end and checked (the
-module's default configs swapped), the row kernel alone (per-row outputs, no fold), and
-with ``--baseline FILE`` an earlier kernel side by side (e.g. the per-row kernel of
-b4a8969: ``git show b4a8969:trainspect/kernels/token_stats_triton.py > old.py``); then
-the fixed cost of a call, the fused-loss entry point, the CUDA fallback without Triton
-and the CPU table (`observe` against `F.cross_entropy`'s forward on the same logits).
+Sections, in this order: the fixed cost of a call (tiny logits); every row with its
+launch variants, also `observe` end to end and checked (the module's default configs
+swapped), then the PICK lines: which default to change (a checked variant at least 2%
+faster on every case that default serves) or keep; the row kernel alone (per-row
+outputs, no fold) and with ``--baseline FILE`` an earlier kernel side by side (e.g. the
+per-row kernel of b4a8969: ``git show b4a8969:trainspect/kernels/token_stats_triton.py
+> old.py``); the fused-loss entry point, the CUDA fallback without Triton and the CPU
+table (`observe` against `F.cross_entropy`'s forward on the same logits).
 
     python benchmarks/token_stats_kernel.py            # one H100/H200: a few minutes
     python benchmarks/token_stats_kernel.py --warm 8   # first compile every launch in 8
@@ -98,6 +100,8 @@ TABLE = [
          variants=_long("DEFAULT_CONFIG", "noise", *TEXT)),
     Case("with target_logits, 8192x152064", (8192,), 152064, teacher=True,
          variants=_long("TEACHER_CONFIG", "slot512", "block1024")),
+    Case("with target_logits, 32768x152064", (32768,), 152064, teacher=True,
+         variants=_long("TEACHER_CONFIG", "slot512", "block1024")),
     Case("audio codebooks [16, 1024, 8, 1026], group=cb", (16, 1024, 8), 1026, group="cb",
          tiny_lead=(2, 3, 8), variants=SHORT_VARIANTS),
     Case("draft heads [8, 1024, 4, 32000], group=pos", (8, 1024, 4), 32000, group="pos",
@@ -105,8 +109,6 @@ TABLE = [
     Case("text, bf16, 8192x152064", (8192,), 152064, variants=_long("DEFAULT_CONFIG", *TEXT)),
     Case("logits[:, :-1] of [4, 2049, 152064]", (4, 2049), 152064, slice_last=True,
          tiny_lead=(4, 3), variants=_long("DEFAULT_CONFIG", *TEXT)),
-    Case("with target_logits, 32768x152064", (32768,), 152064, teacher=True,
-         variants=_long("TEACHER_CONFIG", "slot512", "block1024")),
     Case("torch path on CUDA (no Triton), 32768x152064", (32768,), 152064, backend="torch"),
 ]
 TINY = [Case("text", (6,), 5000, variants=_long("DEFAULT_CONFIG", "noise", *TEXT)),
@@ -557,12 +559,24 @@ def save(res: dict) -> None:
         path.write_text(json.dumps(res, indent=2, default=str))
 
 
+def section(res: dict, key: str, want: Callable[[str], bool], fn: Callable[[], object]) -> None:
+    """Run one section when asked for and time is left; print and save what it gave."""
+    if not want(key):
+        return
+    try:
+        res[key] = fn()
+    except Exception as err:  # the sections after it still run
+        res[key] = {"failed": repr(err)[:500]}
+    print(f"{key}: {json.dumps(res[key], default=str)}", flush=True)
+    save(res)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--cpu", action="store_true", help="the CPU table only")
-    parser.add_argument("--only", default="", help="comma list of sections: observe, fixed, "
-                        "kernel, fused, fallback, cpu")
+    parser.add_argument("--only", default="", help="comma list of sections, run in this "
+                        "order: fixed, observe, kernel, fused, fallback, cpu")
     parser.add_argument("--warm", type=int, default=0, help="compile first in N processes")
     parser.add_argument("--warm-part", default="", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=0.0,
@@ -590,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             res["warm_s"] = warm(args.warm)
             print(f"compiled every launch in {args.warm} processes: {res['warm_s']:.1f} s",
                   flush=True)
+        section(res, "fixed", want, lambda: fixed_cost(cuda))  # first: small, and a target
         if want("observe"):
             print(f"{'observe of':<45}{'variant':<45}{'ms':>9}{'floor':>9}{'x':>7}{'extra':>8}",
                   flush=True)
@@ -600,17 +615,9 @@ def main(argv: list[str] | None = None) -> int:
                     save(res)
             res["picks"] = picks(res["observe"])
             save(res)
-        for key, fn in (("fixed", lambda: fixed_cost(cuda)),
-                        ("kernel", lambda: kernel_alone_rows(res, args.baseline or None)),
-                        ("fused", lambda: fused_loss_rows(cuda)),
-                        ("fallback", lambda: fallback_rows(cuda))):
-            if want(key):
-                try:
-                    res[key] = fn()
-                except Exception as err:  # the sections after it still run
-                    res[key] = {"failed": repr(err)[:500]}
-                print(f"{key}: {json.dumps(res[key], default=str)}", flush=True)
-                save(res)
+        section(res, "kernel", want, lambda: kernel_alone_rows(res, args.baseline or None))
+        section(res, "fused", want, lambda: fused_loss_rows(cuda))
+        section(res, "fallback", want, lambda: fallback_rows(cuda))
     elif args.tiny:
         res["observe"] = [r for c in TINY for r in observe_rows_of(c, False, True, res)]
         res["picks"] = picks(res["observe"])
