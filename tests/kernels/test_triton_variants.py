@@ -93,7 +93,8 @@ def test_nonfinite_rows_in_every_variant(where, config, monkeypatch):
 def test_short_row_launches_fold_alike(where, short, monkeypatch):
     """Audio-like codebooks (V = 1026, G = 8) under each short-row launch, one row or a
     tile of rows at a time (48 rows: 6 tiles of 8 over 3 programs, or a full tile of 32
-    and a partial one): the fused state equals the torch fold's."""
+    and a partial one; tiles with a mask and a teacher): the fused state equals the
+    torch fold's."""
     from trainspect.kernels import token_stats_triton
     from trainspect.kernels.token_stats_triton import TritonConfig
 
@@ -105,10 +106,20 @@ def test_short_row_launches_fold_alike(where, short, monkeypatch):
     labels = torch.randint(0, 1026, (2, 3, 8), generator=gen)
     labels[0, 1, 4] = -100
     labels[1, 2, 0] = logits[1, 2, 0].float().argmax()
+    mask = target = None
+    if short[2] > 1:  # the tiles' own code; one row at a time is tested so elsewhere
+        target = (logits.float() + torch.randn(2, 3, 8, 1026, generator=gen)).bfloat16()
+        mask = torch.ones(2, 3, 8, dtype=torch.bool)
+        mask[1, 0, 2:5] = False
+
+    def on(device, t):
+        return None if t is None else t.to(device)
+
     states = []
     for backend, device in (("torch", "cpu"), ("triton", where)):
         probe = TokenProbe(backend=backend)
-        probe.update("a", "cb", logits.to(device), labels.to(device), None, None)
+        probe.update("a", "cb", logits.to(device), labels.to(device), on(device, mask),
+                     on(device, target))
         s = probe.streams["a"]
         states.append([t.cpu() for t in (s.sums, s.calibration, s.counters, s.scratch)])
     for a, b in zip(*states):
