@@ -32,11 +32,8 @@ Results, command and device are recorded in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +52,19 @@ from trainspect.kernels.token_stats import valid_rows  # noqa: E402
 from trainspect.kernels.token_stats_triton import TritonConfig  # noqa: E402
 from trainspect.probes.tokens import TokenProbe  # noqa: E402
 
-IGNORED = 0.1  # share of labels set to -100
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from token_stats_common import (  # noqa: E402
+    IGNORED,
+    bench_ms,
+    free,
+    peak_extra_mib,
+    picks,
+    print_observe,
+    read_gbs,
+    save,
+)
+from token_stats_fallbacks import cpu_rows, fallback_rows  # noqa: E402
+
 STARTED = time.perf_counter()
 
 
@@ -119,39 +128,6 @@ TINY = [Case("text", (6,), 5000, variants=_long("DEFAULT_CONFIG", "noise", *TEXT
         Case("teacher", (4,), 4200, teacher=True, variants=_long("TEACHER_CONFIG", "slot512"))]
 KERNEL_ALONE = [("text, bf16, 32768x152064", False), ("with target_logits, 8192x152064", True),
                 ("with target_logits, 32768x152064", True)]
-CPU_SHAPES = [(torch.float32, 32000), (torch.bfloat16, 32000), (torch.float32, 152064),
-              (torch.bfloat16, 152064)]
-
-
-def bench_ms(fn: Callable[[], object], cuda: bool, rep_ms: int = 100) -> float:
-    """Median time of ``fn`` in ms: do_bench on CUDA, wall clock on the CPU."""
-    if cuda:
-        from triton.testing import do_bench
-
-        return float(do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def peak_extra_mib(fn: Callable[[], object]) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = fn()
-    torch.cuda.synchronize()
-    del out
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def read_gbs(x: torch.Tensor) -> float:
-    """Read bandwidth over ``x`` itself: the best of torch.sum and torch.amax (GB/s)."""
-    nbytes = x.numel() * x.element_size()
-    best = min(bench_ms(lambda: torch.sum(x), True), bench_ms(lambda: torch.amax(x), True))
-    return nbytes / (best * 1e-3) / 1e9
 
 
 def make_inputs(case: Case, device: str, seed: int = 0, lead: tuple[int, ...] | None = None):
@@ -267,12 +243,6 @@ def deadline_passed(res: dict) -> bool:
     return False
 
 
-def free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def load_baseline(path: str):
     """An earlier token_stats_triton.py as a module (its relative import made absolute)."""
     src = Path(path).read_text().replace("from .token_stats import",
@@ -379,64 +349,6 @@ def fused_loss_rows(cuda: bool) -> list[dict]:
     return rows
 
 
-def seed_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The seeds' straightforward fp32 code: what people write before a fused pass exists."""
-    x = logits.float()
-    p = torch.softmax(x, dim=-1)
-    logp = torch.log_softmax(x, dim=-1)
-    conf, argmax = p.max(dim=-1)
-    safe = labels.clamp(min=0)
-    return conf, argmax, logp.gather(-1, safe[:, None]), -(p * logp).sum(dim=-1)
-
-
-def fallback_rows(cuda: bool) -> list[dict]:
-    """The torch path on CUDA (no Triton) against the code it replaces, same logits."""
-    from trainspect.kernels import row_stats
-
-    x, y, _, _ = make_inputs(Case("c", (32768,), 152064), "cuda")
-    out = []
-    for name, fn in (("F.cross_entropy forward", lambda x=x, y=y: F.cross_entropy(x, y)),
-                     ("seed eager fp32 code", lambda x=x, y=y: seed_stats(x, y)),
-                     ("row_stats backend=torch",
-                      lambda x=x, y=y: row_stats(x, y, backend="torch"))):
-        try:
-            fn()
-            out.append({"case": name, "ms": bench_ms(fn, cuda, rep_ms=300),
-                        "extra_mib": peak_extra_mib(fn)})
-        except torch.cuda.OutOfMemoryError:
-            out.append({"case": name, "ms": None, "extra_mib": None, "note": "OOM"})
-        free()
-    return out
-
-
-def cpu_rows(tiny: bool) -> list[dict]:
-    """CPU: observe (the torch path) against F.cross_entropy's forward on [4, 512, V],
-    alternating, the median of three rounds."""
-    rows = []
-    shapes = [(torch.float32, 1000)] if tiny else CPU_SHAPES
-    for dtype, vocab in shapes:
-        gen = torch.Generator().manual_seed(vocab)
-        x = (torch.randn(4, 512, vocab, generator=gen) * 2).to(dtype)
-        y = torch.randint(0, vocab, (4, 512), generator=gen)
-        y[torch.rand(4, 512, generator=gen) < IGNORED] = -100
-        with tempfile.TemporaryDirectory() as tmp:
-            run = ts.init(project="bench", dir=tmp, log_every=10**9, samples_every=10**9)
-            run.observe(1, x, y)
-            ce, ours = [], []
-            for _ in range(3):  # alternate, so drift hits both alike
-                ce.append(bench_ms(lambda x=x, y=y, v=vocab: F.cross_entropy(
-                    x.view(-1, v), y.view(-1)), False))
-                ours.append(bench_ms(lambda x=x, y=y, r=run: r.observe(1, x, y), False))
-            run.finish()
-        row = {"dtype": str(dtype).replace("torch.", ""), "vocab": vocab,
-               "f_ce_ms": statistics.median(ce), "observe_ms": statistics.median(ours)}
-        row["ratio"] = row["observe_ms"] / row["f_ce_ms"]
-        rows.append(row)
-        print(f"  cpu {row['dtype']:<9}{vocab:>8}{row['f_ce_ms']:10.2f}{row['observe_ms']:10.2f}"
-              f"{row['ratio']:8.2f}x", flush=True)
-    return rows
-
-
 # ---- compiling every launch first, in several processes ----------------------------------
 
 
@@ -486,77 +398,10 @@ def warm(parts: int) -> float:
     return time.perf_counter() - start
 
 
-# ---- output -------------------------------------------------------------------------------
-
-
-def fmt(v, spec=".3f", width=9) -> str:
-    return f"{v:{width}{spec}}" if isinstance(v, (int, float)) else f"{'-':>{width}}"
-
-
-CHECK_TOL = 1e-4  # the largest relative difference from the torch path's state
-MARGIN = 0.98  # a variant replaces a default only when this much faster on every case
-
-
-def checked(r: dict) -> bool:
-    """The row's state matched the torch path's, without a host sync or an error."""
-    err = r.get("state_rel_err")
-    return (r.get("sync_free", True) is True and not r.get("errors")
-            and (err is None or err <= CHECK_TOL))
-
-
-def picks(rows: list[dict]) -> list[dict]:
-    """Each variant's time over its case's default, per module default it would replace
-    (DEFAULT_CONFIG, TEACHER_CONFIG, SHORT_CONFIG). A variant is suggested only when it
-    was timed on every case that default serves, passed every check there, and was at
-    least 2% faster on each (no row slower); otherwise the default stays."""
-    rows = [r for r in rows if "ms" in r]  # failed rows are printed, never picked
-    default_ms = {r["case"]: r["ms"] for r in rows if r.get("attr") is None}
-    served: dict[str, set] = {}
-    timed: dict[tuple, list] = {}
-    for r in rows:
-        if r.get("attr") and r["case"] in default_ms:
-            served.setdefault(r["attr"], set()).add(r["case"])
-            timed.setdefault((r["attr"], r["config"], r["variant"]), []).append(r)
-    out = []
-    for (attr, config, label), rs in timed.items():
-        ratios = [r["ms"] / default_ms[r["case"]] for r in rs]
-        out.append({"attr": attr, "variant": label, "config": config,
-                    "cases": f"{len(rs)}/{len(served[attr])}", "worst": max(ratios),
-                    "mean": sum(ratios) / len(ratios), "checked": all(map(checked, rs)),
-                    "eligible": (len(rs) == len(served[attr]) and all(map(checked, rs))
-                                 and max(ratios) <= MARGIN)})
-    print(f"\n{'variant / default, per module default':<56}{'cases':>6}{'mean':>7}{'worst':>7}"
-          "  checked")
-    for p in out:
-        print(f"{p['attr'] + ': ' + p['variant']:<56}{p['cases']:>6}{p['mean']:7.3f}"
-              f"{p['worst']:7.3f}  {p['checked']}")
-    for attr in served:
-        best = min((p for p in out if p["attr"] == attr and p["eligible"]),
-                   key=lambda p: p["mean"], default=None)
-        print(f"PICK {attr}: keep the default" if best is None else
-              f"PICK {attr} = {best['config']}  # {best['variant']}: mean "
-              f"{best['mean']:.3f}, worst {best['worst']:.3f} of the default")
-    return out
-
-
-def print_observe(r: dict, flush: bool = False) -> None:
-    ratio = r["ms"] / r["floor_ms"] if r.get("floor_ms") else None
-    pct = 100 * r["extra_mib"] * 2**20 / r["bytes"] if r.get("extra_mib") is not None else None
-    check = f"err {r['state_rel_err']:.1e}" if r.get("state_rel_err") is not None else ""
-    if r.get("sync_free") is not True and "sync_free" in r:
-        check += f" SYNC: {r['sync_free']}"
-    if r.get("errors"):
-        check += f" ERRORS {r['errors']}"
-    print(f"{r['case'][:44]:<45}{r['variant'][:44]:<45}{fmt(r['ms'])}{fmt(r.get('floor_ms'))}"
-          f"{fmt(ratio, '.2f', 7)}{fmt(pct, '.2f', 7)}% {check}", flush=flush)
-
-
-def save(res: dict) -> None:
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        path = Path(out_dir) / "token_stats_kernel.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res, indent=2, default=str))
+def current_defaults() -> dict[str, str]:
+    """The module's default launch configs now, as the variants' rows name them."""
+    return {k: repr(getattr(tst, k)) for k in ("DEFAULT_CONFIG", "TEACHER_CONFIG",
+                                                "SHORT_CONFIG")}
 
 
 def section(res: dict, key: str, want: Callable[[str], bool], fn: Callable[[], object]) -> None:
@@ -613,14 +458,14 @@ def main(argv: list[str] | None = None) -> int:
                 if want("observe"):
                     res["observe"] += observe_rows_of(case, cuda, False, res)
                     save(res)
-            res["picks"] = picks(res["observe"])
+            res["picks"] = picks(res["observe"], current_defaults())
             save(res)
         section(res, "kernel", want, lambda: kernel_alone_rows(res, args.baseline or None))
         section(res, "fused", want, lambda: fused_loss_rows(cuda))
         section(res, "fallback", want, lambda: fallback_rows(cuda))
     elif args.tiny:
         res["observe"] = [r for c in TINY for r in observe_rows_of(c, False, True, res)]
-        res["picks"] = picks(res["observe"])
+        res["picks"] = picks(res["observe"], current_defaults())
     if want("cpu"):
         res["cpu"] = cpu_rows(args.tiny)
     res["seconds"] = time.perf_counter() - STARTED
