@@ -60,12 +60,15 @@ class Run:
         webhook: str | None = None,
         exporters: Sequence[Any] = (),
         store: str | None = None,
+        system_metrics: bool | float | None = None,
     ) -> None:
         check_name(project, "project")
         check_counts(log_every, samples_every, num_samples)
+        from trainspect.probes.system import interval_of, start_sampler
         from trainspect.store.server.connect import store_url
 
         url = store_url(store)  # a team store to stream to, else $TRAINSPECT_STORE, else None
+        system_interval_s = interval_of(system_metrics)  # GPU, CPU, RAM, disk: probes/system
         self.project = project
         self.root = runs_dir(dir)
         self.tokenizer = tokenizer
@@ -134,6 +137,7 @@ class Run:
             from trainspect.store.server.attach import start_sync
 
             self.sync = start_sync(self, url)
+        self._system = start_sampler(self, system_interval_s if self._ranks.writes else None)
         lifecycle.register(self)
 
     # ---- opening the store ---------------------------------------------------------------
@@ -286,8 +290,12 @@ class Run:
                 return
             import torch
 
+            from trainspect.probes.labels import observe_labels
+
             with torch.no_grad():  # statistics must never join the caller's autograd graph
                 probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
+                observe_labels(self, stream, group, logits.shape, labels, mask, input_ids,
+                               attention_mask, ignore_index)
                 if self._samples.due(stream, step):
                     self._take_samples(step, stream, group, logits, labels, mask, input_ids,
                                        attention_mask, token_names, ignore_index)
@@ -496,6 +504,8 @@ class Run:
         if self._finished:
             return
         try:
+            if getattr(self, "_system", None) is not None:
+                self._system.stop()
             if self._ranks.final_flush_ok(status, meta):  # not across ranks after an error
                 self._flush_device()
             self._writer.set_meta(status=status, ended_at=time.time(),

@@ -199,7 +199,7 @@ def linear_cross_entropy_rows(
         raise TrainspectError(f"linear_cross_entropy: {err}") from err
     if stats is not None:
         stats.finish(options.get("input_ids"), options.get("attention_mask"),
-                     options.get("token_names"))
+                     options.get("token_names"), shape)
     loss = loss.view(shape) if reduction == "none" else loss
     return loss, None if recorder is None else recorder.row_stats()
 
@@ -301,11 +301,18 @@ class RunStats:
                                sample_rows=0 if sample_shape is None else math.prod(sample_shape))
         return cls(run, step, stream, vocab, labels, recorder, sample_shape, ignore_index)
 
-    def finish(self, input_ids: Any, attention_mask: Any, token_names: dict | None) -> None:
-        """Fold the rows into the stream's sums; queue the samples. Never raises."""
+    def finish(self, input_ids: Any, attention_mask: Any, token_names: dict | None,
+               label_shape: tuple) -> None:
+        """Fold the rows into the stream's sums; check the labels against the inputs as
+        `observe` does (probes/labels.py); queue the samples. Never raises."""
         import torch
 
+        from trainspect.probes.labels import observe_labels
+
         run = self.run
+        observe_labels(run, self.stream, None, (*label_shape, self.vocab),
+                       self.labels.view(label_shape), None, input_ids, attention_mask,
+                       self.ignore_index)
         try:
             from trainspect.kernels.token_sums import accumulate_rows
             from trainspect.probes.tokens import token_probe
