@@ -135,16 +135,19 @@ def test_observe_rows_chunks_fold_in_the_same_launch(where, vocab):
 
 @pytest.mark.skipif(INTERPRETING or not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.gpu
-def test_one_launch_per_observe_whatever_the_grouping():
+@pytest.mark.parametrize(("group", "shape", "vocab"), [("cb", (4, 16, 8), 1026),
+                                                       (None, (4, 16), 5000)])
+def test_two_launches_per_observe_whatever_the_grouping(group, shape, vocab):
+    """The row launch and the fold's, nothing else (no copies, no padding, no fills)."""
     from torch.profiler import ProfilerActivity, profile
 
-    logits, labels = batch((4, 16, 8), 1026)
+    logits, labels = batch(shape, vocab)
     logits, labels = logits.cuda(), labels.cuda()
     probe = TokenProbe()
-    probe.update("a", "cb", logits, labels, None, None)  # compile, allocate the state
+    probe.update("a", group, logits, labels, None, None)  # compile, allocate the state
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        probe.update("a", "cb", logits, labels, None, None)
+        probe.update("a", group, logits[:, 1:], labels[:, 1:], None, None)
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    assert len(kernels) == 1, [e.name for e in kernels]
+    kernels = sorted(e.name for e in prof.events() if e.device_type.name == "CUDA")
+    assert kernels == ["_fold_kernel", "_rows_kernel"], kernels

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .token_stats import resolve_backend, row_stats, valid_rows
+from .token_stats import resolve_backend, row_stats
 
 __all__ = ["CHUNK_CONFIG", "DEFAULT_CHUNK_BYTES", "REDUCTIONS", "RowPass", "chunk_row_stats",
            "chunk_rows", "fused_linear_ce", "plain_row_pass"]
@@ -63,9 +63,8 @@ def chunk_row_stats(logits: Tensor, labels: Tensor, *, ignore_index: int = -100,
                          logit_softcap=logit_softcap, grad_out=logits if grad else None)
     from .token_stats_triton import TritonConfig, row_stats_triton
 
-    valid, safe = valid_rows(labels, logits.shape[1], ignore_index)
-    return row_stats_triton(logits, safe, valid, target_logits=target_logits,
-                            grad_out=logits if grad else None,
+    return row_stats_triton(logits, labels, ignore_index=ignore_index,
+                            target_logits=target_logits, grad_out=logits if grad else None,
                             logit_softcap=None if logit_softcap is None else float(logit_softcap),
                             config=TritonConfig(**CHUNK_CONFIG))
 

@@ -26,6 +26,8 @@ LOG2E = _constexpr(1.4426950408889634)  # log2(e): exp(x) = 2^(x log2 e)
 LN2 = _constexpr(0.6931471805599453)  # ln(2): from base 2 back to nats
 T_FLOOR = _constexpr(-1.0e30)  # 2^t is 0 below this; keeps 0 * (-inf) out of the sums
 NEG_INF = _constexpr(float("-inf"))
+# Bits of the fold's per-row flags (stored as float32, exact; token_fold_tl.py reads them).
+F_VALID, F_FINITE, F_CORRECT, F_AGREE, F_BAD = (_constexpr(1 << i) for i in range(5))
 
 
 def _jit(fn):
@@ -115,6 +117,55 @@ def _is_finite(x):
 
 
 @_jit
+def _kl_alpha_walk(row_ptr, sv, t_row_ptr, tv, V, cap, lse2, lse2_t, finite,
+                   SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr):
+    """KL(teacher || student) and sum min(p, q) of a long row, both normalisers known: a
+    second walk over both rows, newest blocks first (the likeliest still in L2)."""
+    lanes = tl.arange(0, BLOCK_V)
+    v_full = (V // BLOCK_V) * BLOCK_V
+    kl_v = tl.zeros([BLOCK_V], tl.float32)
+    al_v = tl.zeros([BLOCK_V], tl.float32)
+    if v_full < V:
+        cols = v_full + lanes
+        inb = cols < V
+        z = _load_z(row_ptr, cols, sv, inb, cap, SOFTCAP, True, "")
+        tz = _load_z(t_row_ptr, cols, tv, inb, cap, False, True, "")
+        k_t, a_t = _kl_alpha_terms(z, tz, lse2, lse2_t)
+        kl_v += k_t
+        al_v += a_t
+    for start in range(v_full - BLOCK_V, -1, -BLOCK_V):
+        cols = start + lanes
+        z = _load_z(row_ptr, cols, sv, cols < V, cap, SOFTCAP, False, "evict_first")
+        tz = _load_z(t_row_ptr, cols, tv, cols < V, cap, False, False, "evict_first")
+        k_t, a_t = _kl_alpha_terms(z, tz, lse2, lse2_t)
+        kl_v += k_t
+        al_v += a_t
+    # min() and the q > 0 test would drop a NaN: NaN when a row is not finite
+    return (tl.where(finite, tl.sum(kl_v, axis=0) * LN2, float("nan")),
+            tl.where(finite, tl.sum(al_v, axis=0), float("nan")))
+
+
+@_jit
+def _grad_walk(row_ptr, sv, g_row_ptr, gv, label, V, cap, lse2, g_scale,
+               SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The gradient of a long row's ce: a last walk, after every read of the row (so
+    ``grad_out`` may be the logits themselves)."""
+    lanes = tl.arange(0, BLOCK_V)
+    v_full = (V // BLOCK_V) * BLOCK_V
+    for start in range(0, v_full, BLOCK_V):
+        cols = start + lanes
+        z = _load_z(row_ptr, cols, sv, cols < V, cap, SOFTCAP, False, "evict_first")
+        g = _grad_terms(z, cols, label, lse2, g_scale, cap, SOFTCAP)
+        tl.store(g_row_ptr + cols * gv, g.to(g_row_ptr.dtype.element_ty))
+    if v_full < V:
+        cols = v_full + lanes
+        inb = cols < V
+        z = _load_z(row_ptr, cols, sv, inb, cap, SOFTCAP, True, "")
+        g = _grad_terms(z, cols, label, lse2, g_scale, cap, SOFTCAP)
+        tl.store(g_row_ptr + cols * gv, g.to(g_row_ptr.dtype.element_ty), mask=inb)
+
+
+@_jit
 def _long_row(
     row_ptr, sv, t_row_ptr, tv, g_row_ptr, gv, label, V, cap, g_scale,
     HAS_TARGET: tl.constexpr, HAS_GRAD: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -165,39 +216,10 @@ def _long_row(
     if HAS_TARGET:
         lse2_t = mt_ref + tl.log2(tl.sum(st, axis=0))
         finite = finite & _is_finite(lse2_t)
-        # second walk: both normalisers known; newest blocks first (likeliest in L2)
-        kl_v = tl.zeros([BLOCK_V], tl.float32)
-        al_v = tl.zeros([BLOCK_V], tl.float32)
-        if v_full < V:
-            cols = v_full + lanes
-            inb = cols < V
-            z = _load_z(row_ptr, cols, sv, inb, cap, SOFTCAP, True, "")
-            tz = _load_z(t_row_ptr, cols, tv, inb, cap, False, True, "")
-            k_t, a_t = _kl_alpha_terms(z, tz, lse2, lse2_t)
-            kl_v += k_t
-            al_v += a_t
-        for start in range(v_full - BLOCK_V, -1, -BLOCK_V):
-            cols = start + lanes
-            z = _load_z(row_ptr, cols, sv, cols < V, cap, SOFTCAP, False, "evict_first")
-            tz = _load_z(t_row_ptr, cols, tv, cols < V, cap, False, False, "evict_first")
-            k_t, a_t = _kl_alpha_terms(z, tz, lse2, lse2_t)
-            kl_v += k_t
-            al_v += a_t
-        # min() and the q > 0 test would drop a NaN: NaN when a row is not finite
-        kl = tl.where(finite, tl.sum(kl_v, axis=0) * LN2, float("nan"))
-        alpha = tl.where(finite, tl.sum(al_v, axis=0), float("nan"))
-    if HAS_GRAD:  # re-read the row after every read above, so in place is safe
-        for start in range(0, v_full, BLOCK_V):
-            cols = start + lanes
-            z = _load_z(row_ptr, cols, sv, cols < V, cap, SOFTCAP, False, "evict_first")
-            g = _grad_terms(z, cols, label, lse2, g_scale, cap, SOFTCAP)
-            tl.store(g_row_ptr + cols * gv, g.to(g_row_ptr.dtype.element_ty))
-        if v_full < V:
-            cols = v_full + lanes
-            inb = cols < V
-            z = _load_z(row_ptr, cols, sv, inb, cap, SOFTCAP, True, "")
-            g = _grad_terms(z, cols, label, lse2, g_scale, cap, SOFTCAP)
-            tl.store(g_row_ptr + cols * gv, g.to(g_row_ptr.dtype.element_ty), mask=inb)
+        kl, alpha = _kl_alpha_walk(row_ptr, sv, t_row_ptr, tv, V, cap, lse2, lse2_t, finite,
+                                   SOFTCAP, BLOCK_V)
+    if HAS_GRAD:
+        _grad_walk(row_ptr, sv, g_row_ptr, gv, label, V, cap, lse2, g_scale, SOFTCAP, BLOCK_V)
     return finite, amax, conf, tl.exp2(log2_p_label), ce, entropy, t_amax, kl, alpha
 
 
@@ -294,3 +316,33 @@ def _short_row(
             tl.store(g_row_ptr + tcols * gv, g.to(g_row_ptr.dtype.element_ty), mask=inb)
     return (finite, amax, tl.exp2(m * LOG2E - lse2), tl.exp2(log2_p_label),
             -log2_p_label * LN2, (log2_s - a / s) * LN2, t_amax, kl, alpha)
+
+
+@_jit
+def _store_rows(out, live, valid, finite, bad, label, amax, t_amax, conf, lp, ce, ent, kl,
+                alpha, valid_out, finite_out, argmax_out, t_argmax_out, flags_out, conf_out,
+                lp_out, ce_out, ent_out, kl_out, alpha_out, HAS_TARGET: tl.constexpr,
+                STORE_ROWS: tl.constexpr, FOLD: tl.constexpr):
+    """Store rows ``out`` (one, or a tile where ``live``): their statistics (RowStats'
+    outputs when STORE_ROWS) and/or the fold's record (FOLD: flags and the floats)."""
+    if STORE_ROWS:
+        tl.store(valid_out + out, valid.to(tl.int8), mask=live)
+        tl.store(finite_out + out, finite.to(tl.int8), mask=live)
+        tl.store(argmax_out + out, amax.to(tl.int64), mask=live)
+        if HAS_TARGET:
+            tl.store(t_argmax_out + out, t_amax.to(tl.int64), mask=live)
+    if STORE_ROWS or FOLD:
+        tl.store(conf_out + out, conf, mask=live)
+        tl.store(lp_out + out, lp, mask=live)
+        tl.store(ce_out + out, ce, mask=live)
+        tl.store(ent_out + out, ent, mask=live)
+        if HAS_TARGET:
+            tl.store(kl_out + out, kl, mask=live)
+            tl.store(alpha_out + out, alpha, mask=live)
+    if FOLD:
+        counted = valid & finite
+        flags = (valid.to(tl.int32) * F_VALID + finite.to(tl.int32) * F_FINITE
+                 + (counted & (amax.to(tl.int64) == label)).to(tl.int32) * F_CORRECT
+                 + (counted & (amax == t_amax)).to(tl.int32) * F_AGREE
+                 + bad.to(tl.int32) * F_BAD)
+        tl.store(flags_out + out, flags.to(tl.float32), mask=live)

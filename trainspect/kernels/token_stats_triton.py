@@ -1,14 +1,20 @@
-"""Triton backend of the row-statistics pass: one launch reads the logits once, writes the
-per-row statistics and/or folds them into a stream's sums. Device code: token_stats_tl.py.
+"""Triton backend of the row-statistics pass: one launch reads the logits once and writes
+the per-row statistics; when folding into a stream's sums a second, small launch adds
+the rows up. Device code: token_stats_tl.py (rows), token_fold_tl.py (the fold).
 
-Work is split by token: a token is the G consecutive rows of one position (draft
-positions, audio codebooks; G = 1 for text). The grid is persistent: program p takes
-tokens p, p + P, ..., so it can fold every row it reads into per-program accumulators
-(per group: the `token_sums.SUMS` columns and the calibration cells) and add them to
-the stream's float64 state with a few atomics at the end; the last program of a call
-(a ticket counter in the stream's scratch) counts the call. One observe is one launch
-whatever the grouping, with no padding, copies or per-row outputs; labels, mask and
-logits are read through their own strides (up to three leading axes after merging).
+Rows: row r of logits (*lead, [G], V) is group r % G of token r // G (G consecutive
+rows per position: draft positions, audio codebooks; G = 1 for text). Labels, mask and
+logits are read in place through their own strides (up to three leading axes after
+merging): no padding, no copies. One program per row (the default for long rows), or
+a persistent grid where program p takes rows p, p + P, ...
+
+The fold: the row launch writes a small record per row (flags and four float
+statistics, six with a teacher: 20 or 28 bytes, under 1% of a bf16 row of 1026 or
+more logits), and `_fold_kernel`, a few hundred programs, adds them to the stream's
+float64 state with a few dozen atomics each and counts the call (a ticket in the
+stream's scratch). An earlier version folded inside the row kernel, each program adding
+its rows with float64 atomics: one program per row then meant tens of thousands of
+atomics on the same 42 addresses per call, 10-20% of the pass (docs/benchmarks.md).
 
 Long rows (V > SHORT_MAX_VOCAB), one row at a time:
 
@@ -16,17 +22,18 @@ Long rows (V > SHORT_MAX_VOCAB), one row at a time:
   never used to index memory) is not read at all.
 - The row is walked in blocks of ``BLOCK_V`` contiguous elements: vectorised loads of the
   native dtype converted to fp32 in registers (never cast as a whole); only the ragged
-  tail is masked. Online softmax in base 2: the row max so far m and per lane
-  S = sum 2^t and A = sum 2^t t with t = z log2(e) - m log2(e) (one fma, one ex2, one
-  add and one fma per element). A block whose max exceeds m (a uniform branch, taken a
-  handful of times per row) rescales S and A and records the block's first index of its
-  max. lse = (m log2 e + log2 S) ln 2, entropy = (log2 S - A / S) ln 2, conf = p(argmax),
+  tail is masked. Online softmax in base 2: the max so far m and S = sum 2^t and
+  A = sum 2^t t with t = z log2(e) - m log2(e). Per block (token_rows_tl.py) m is the
+  row's, and a block whose max exceeds it (a uniform branch, taken a handful of times
+  per row) rescales S and A and records the block's first index of its max; per slot
+  (token_slots_tl.py, ``TritonConfig.slots``) each thread's SLOT columns keep their own
+  m, S and A, merged at the end of the row, so the loop has no block-wide reduction.
+  lse = (m log2 e + log2 S) ln 2, entropy = (log2 S - A / S) ln 2, conf = p(argmax),
   ce = lse - z_label (the label logit is read once, by a scalar load).
-- Ties: within a block the smallest index holding the block max; across blocks a later
-  block wins only if its max is strictly greater: the first index, as ``torch.argmax``.
-- -inf logits: t is clamped at -1e30, so a -inf logit adds exactly 0 to S and A. A NaN
-  logit passes the clamp (max.NaN) and makes S NaN; +inf makes the reference +inf: either
-  way the row's lse is not finite, the row is flagged and its statistics are NaN.
+- Ties: the first index of the row max, as ``torch.argmax``.
+- -inf logits: t is clamped at -1e30 in A, so a -inf logit adds exactly 0 to S and A.
+  A NaN logit makes S NaN; +inf makes the reference +inf: either way the row's lse is
+  not finite, the row is flagged and its statistics are NaN.
 - With ``target_logits`` the first walk also reads the teacher's row (its online max, sum
   and argmax); alpha = sum min(p_t, p_s) needs both final normalisers, so a second walk
   re-reads both rows (newest blocks first, the likeliest still in L2) for alpha and the
@@ -36,11 +43,14 @@ Long rows (V > SHORT_MAX_VOCAB), one row at a time:
 Short rows (V <= SHORT_MAX_VOCAB, e.g. audio codebooks of 1026), one row at a time in
 registers: a power-of-two main piece plus a small tail, so few lanes are wasted; the
 exact max first, then every sum, the teacher's KL and alpha and the gradient from
-registers: one read even with a teacher or a gradient.
+registers: one read even with a teacher or a gradient. With ``TritonConfig.short_rows``
+> 1 a program holds that many rows at once as one tile (token_tile_tl.py, no gradient),
+so the reductions' latency is paid once per tile.
 
-Extra device memory: the per-row outputs when asked for (row_stats), nothing else.
-Triton is imported under a guard, so this module imports on machines without it. Its
-CPU interpreter works only when TRITON_INTERPRET=1 is set before triton is imported.
+Extra device memory: the per-row outputs when asked for (row_stats), the fold's
+records otherwise. Triton is imported under a guard, so this module imports on
+machines without it. Its CPU interpreter works only when TRITON_INTERPRET=1 is set
+before triton is imported.
 """
 
 from __future__ import annotations
@@ -55,26 +65,32 @@ from .token_stats import RowStats
 from .token_stats import _triton_interpreting as _interpreting
 from .token_stats_tl import _rows_kernel, triton
 
-__all__ = ["BENCH_CONFIGS", "DEFAULT_CONFIG", "SHORT_MAX_VOCAB", "TritonConfig", "fold_triton",
-           "row_stats_triton"]
+__all__ = ["DEFAULT_CONFIG", "SHORT_CONFIG", "SHORT_MAX_VOCAB",
+           "TEACHER_CONFIG", "TritonConfig", "fold_triton", "row_stats_triton"]
 
 SHORT_MAX_VOCAB = 4096  # rows up to this length are held in registers
-SHORT_WARPS = 2  # warps a short row: the best of 2, 4 and 8 for audio codebooks on an H200
+SLOT = 8  # columns per slot of the per-slot long rows: 16 bytes of bf16
 
 
 @dataclass(frozen=True)
 class TritonConfig:
-    """Launch configuration of long rows; the benchmark tries a few."""
+    """Launch configuration of the row kernel; the benchmark tries a few."""
 
     block_v: int = 512
-    """Elements of a row per loop step (power of two; capped at next_pow2(V))."""
+    """Elements of a long row per loop step (power of two; capped at next_pow2(V))."""
     num_warps: int = 2
     """Warps per program. 512 / (2 x 32) = 8 bf16 per thread, one 16-byte load."""
     num_stages: int = 2
-    """Software-pipelining depth of the loop over the row."""
-    programs_per_sm: int = 0
-    """Programs of the persistent grid per multiprocessor; 0: as many as can be resident
-    (by the compiled kernel's registers); -1: one program per token (not persistent)."""
+    """Software-pipelining depth of the loop over a long row."""
+    programs_per_sm: int = -1
+    """Programs of a persistent grid per multiprocessor; 0: as many as can be resident
+    (by the compiled kernel's registers); -1: one program per row (not persistent)."""
+    slots: bool = False
+    """Long rows with a per-slot online softmax (token_slots_tl.py) instead of the
+    per-block one."""
+    short_rows: int = 1
+    """Short rows held at once by a program (a power of two; token_tile_tl.py); 1: one
+    at a time. Rows with a gradient always go one at a time."""
 
     def __post_init__(self) -> None:
         if self.block_v < 16 or self.block_v & (self.block_v - 1):
@@ -85,19 +101,18 @@ class TritonConfig:
             raise ValueError(f"expected `num_stages` >= 1, got {self.num_stages}")
         if self.programs_per_sm < -1:
             raise ValueError(f"expected `programs_per_sm` >= -1, got {self.programs_per_sm}")
+        if self.short_rows < 1 or self.short_rows & (self.short_rows - 1):
+            raise ValueError(f"expected `short_rows` to be a power of two, got {self.short_rows}")
 
 
-# The best of benchmarks/token_stats_kernel.py's sweep on an H200 (docs/benchmarks.md):
-DEFAULT_CONFIG = TritonConfig(512, 2, 2, programs_per_sm=-1)  # per-row outputs, no fold
-FOLD_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=-1)  # observe: the fold, no outputs
-TEACHER_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=4)  # with target_logits
-BENCH_CONFIGS = (
-    TritonConfig(512, 2, 2),
-    TritonConfig(1024, 4, 2),
-    TritonConfig(512, 2, 2, programs_per_sm=-1),
-    TritonConfig(1024, 4, 2, programs_per_sm=-1),
-    TritonConfig(512, 2, 3),
-)
+# Defaults: benchmarks/token_stats_kernel.py times the variants of each (its LONG_VARIANTS
+# and SHORT_VARIANTS) and prints the pick (docs/benchmarks.md).
+DEFAULT_CONFIG = TritonConfig(512, 2, 2)  # long rows, with or without the fold
+TEACHER_CONFIG = TritonConfig(512, 2, 2)  # long rows with target_logits
+SHORT_CONFIG = TritonConfig(16, 2, 1, programs_per_sm=0)  # short rows: warps and grid only
+FOLD_WARPS = 4
+FOLD_TILE = 128  # tokens x padded groups per tile of the fold
+FOLD_PROGRAMS_PER_SM = 2
 
 
 def _pow2_at_least(n: int) -> int:
@@ -139,14 +154,16 @@ def _merge_lead(sizes: tuple[int, ...], strides: list[tuple[int, ...]]
 class _Plan:
     """What a layout needs to launch, computed once per layout (shapes, strides, flags)."""
 
-    ints: tuple  # n_tokens, D1, D2, V, ignore_index and the five tensors' strides
-    constexprs: tuple  # G ... EVICT_PASS1, in the kernel's order
+    ints: tuple  # n_rows, G, D1, D2, V, ignore_index and the five tensors' strides
+    constexprs: tuple  # HAS_MASK ... RB, in the kernel's order
     n_tokens: int
+    n_rows: int
+    n_units: int  # rows, or tiles of rows, the grid takes (one program each, or persistent)
     num_warps: int
     num_stages: int
-    per_sm: int  # programs per multiprocessor of the persistent grid; -1: one per token
+    per_sm: int  # programs per multiprocessor of a persistent grid; -1: one per row
     device: int
-    programs: int = 0  # the grid, once known
+    programs: int = 0  # the persistent grid, once known
 
 
 _PLANS: dict = {}
@@ -163,7 +180,7 @@ def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | 
     """The launch plan of a layout, cached; None when the leading axes do not merge."""
     key = (_tensor_key(logits), _tensor_key(labels), _tensor_key(mask), _tensor_key(target),
            _tensor_key(grad), n_groups, ignore_index, flags, cap is not None, config,
-           logits.device, SHORT_MAX_VOCAB, SHORT_WARPS)
+           logits.device, SHORT_MAX_VOCAB, SHORT_CONFIG, DEFAULT_CONFIG, TEACHER_CONFIG)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan
@@ -182,28 +199,24 @@ def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | 
         group = [t.stride(n_lead)] if n_groups > 1 else [0]
         return lead[id(t)] + group + ([t.stride(-1)] if with_vocab else [])
 
-    has_mask, has_target, has_grad, scale_dtype, store_rows, fold, end_call = flags
-    scale_ptr = scale_dtype is not False
+    has_mask, has_target, has_grad, scale_dtype, store_rows, fold = flags
     main = _pow2_at_most(vocab)
     tail = 0 if main == vocab else max(16, _pow2_at_least(vocab - main))
     short = vocab <= SHORT_MAX_VOCAB
-    if config is not None:
-        cfg = config
-    else:
-        cfg = TEACHER_CONFIG if has_target else FOLD_CONFIG if fold and not store_rows else \
-            DEFAULT_CONFIG
-    if short:
-        num_warps, num_stages, per_sm = SHORT_WARPS, 1, 0
-    else:
-        num_warps, num_stages, per_sm = cfg.num_warps, cfg.num_stages, cfg.programs_per_sm
-    ints = (n_tokens, merged[1][0], merged[2][0], vocab, ignore_index,
+    cfg = config or (SHORT_CONFIG if short else TEACHER_CONFIG if has_target else
+                     DEFAULT_CONFIG)
+    block_v = max(16, min(cfg.block_v, _pow2_at_least(vocab)))
+    ints = (n_tokens * n_groups, n_groups, merged[1][0], merged[2][0], vocab, ignore_index,
             *strides(logits, True), *strides(labels, False), *strides(mask, False),
             *strides(target, True), *strides(grad, True))
-    constexprs = (n_groups, _pow2_at_least(n_groups), has_mask, has_target, has_grad, scale_ptr,
-                  cap is not None, store_rows, fold, end_call, short,
-                  max(16, min(cfg.block_v, _pow2_at_least(vocab))), main, tail,
-                  "evict_last" if has_target or has_grad else "evict_first")
-    plan = _Plan(ints, constexprs, n_tokens, num_warps, num_stages, per_sm,
+    tile_rows = cfg.short_rows if short and not has_grad else 1
+    constexprs = (has_mask, has_target, has_grad, scale_dtype is not False, cap is not None,
+                  store_rows, fold, short, cfg.slots and block_v >= 16 * SLOT,
+                  cfg.programs_per_sm >= 0, block_v, main, tail,
+                  "evict_last" if has_target or has_grad else "evict_first", SLOT, tile_rows)
+    n_rows = n_tokens * n_groups
+    plan = _Plan(ints, constexprs, n_tokens, n_rows, -(-n_rows // tile_rows),
+                 cfg.num_warps, 1 if short else cfg.num_stages, cfg.programs_per_sm,
                  logits.device.index or 0)
     if len(_PLANS) > 256:  # bounded: layouts of a training run are few
         _PLANS.clear()
@@ -212,16 +225,16 @@ def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | 
 
 
 def _grid(plan: _Plan, device: torch.device) -> int:
-    """Programs of the persistent grid: as many as can be resident at once (by registers,
-    once the kernel is compiled; 8 per multiprocessor before), or one per token."""
-    if _interpreting() or device.type != "cuda":
-        return min(max(plan.n_tokens, 1), 3)  # several, so the fold's ticket is exercised
+    """Programs of the row launch: one per row, or a persistent grid of as many as can be
+    resident at once (by registers, once the kernel is compiled; 8 per multiprocessor
+    before) or ``programs_per_sm`` per multiprocessor."""
     if plan.per_sm < 0:
-        return max(plan.n_tokens, 1)
+        return plan.n_units
+    if _interpreting() or device.type != "cuda":
+        return min(plan.n_units, 3)  # several programs, several rows (or tiles) each
     if plan.programs:
-        return min(max(plan.n_tokens, 1), plan.programs)
-    per_sm = plan.per_sm or 8
-    return min(max(plan.n_tokens, 1), _multiprocessors(plan.device) * per_sm)
+        return min(plan.n_units, plan.programs)
+    return min(plan.n_units, _multiprocessors(plan.device) * (plan.per_sm or 8))
 
 
 def _resident(kernel, num_warps: int) -> int:
@@ -231,8 +244,10 @@ def _resident(kernel, num_warps: int) -> int:
     return max(1, min(MAX_PROGRAMS_PER_SM, 64 // num_warps, 65536 // regs_per_warp // num_warps))
 
 
-def _run(plan: _Plan, device: torch.device, tensors: list, floats: tuple) -> None:
-    """Launch the kernel; the first launch of a persistent plan sizes its grid."""
+def _run_rows(plan: _Plan, device: torch.device, tensors: list, floats: tuple) -> None:
+    """Launch the row kernel; the first launch of a resident persistent plan sizes its grid."""
+    if plan.n_rows == 0:
+        return
     args = (*tensors, *floats, *plan.ints, *plan.constexprs)
     kernel = _rows_kernel[(_grid(plan, device),)](*args, num_warps=plan.num_warps,
                                                   num_stages=plan.num_stages)
@@ -241,33 +256,64 @@ def _run(plan: _Plan, device: torch.device, tensors: list, floats: tuple) -> Non
         plan.programs = _multiprocessors(plan.device) * _resident(kernel, plan.num_warps)
 
 
+def _run_fold(records: list[Tensor], state: tuple[Tensor, ...], n_tokens: int, n_groups: int,
+              has_target: bool, last_chunk: bool, device: torch.device) -> None:
+    """Launch the fold over a call's records (flags, conf, label_prob, ce, entropy, kl,
+    alpha; each (n_tokens * G,)) into the stream's state; counts the call at its end."""
+    from .token_fold_tl import _fold_kernel
+
+    g_pad = _pow2_at_least(n_groups)
+    tile_tokens = max(1, FOLD_TILE // g_pad)
+    tiles = -(-n_tokens // tile_tokens)
+    if _interpreting() or device.type != "cuda":
+        programs = min(max(tiles, 1), 3)  # several, so the call's ticket is exercised
+    else:
+        programs = min(max(tiles, 1), _multiprocessors(device.index or 0) * FOLD_PROGRAMS_PER_SM)
+    _fold_kernel[(programs,)](*records, *state, n_tokens, n_groups, g_pad, tile_tokens,
+                              has_target, last_chunk, num_warps=FOLD_WARPS)
+
+
+_ROW_OUTPUTS = ("valid", "finite", "argmax", "teacher_argmax")
+_RECORD_FIELDS = ("flags", "conf", "label_prob", "ce", "entropy", "kl", "alpha")
+
+
 def _launch(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | None,
             grad: Tensor | None, n_groups: int, ignore_index: int, *,
             rows: dict[str, Tensor] | None, fold: tuple[Tensor, ...] | None, last_chunk: bool,
             cap: float | None, grad_scale: float | Tensor | None,
             config: TritonConfig | None) -> bool:
-    """One launch over logits (*lead, [G], V); False when the layout has too many axes."""
+    """The row launch over logits (*lead, [G], V), and the fold's when ``fold`` is given;
+    False (nothing launched) when the layout has too many axes."""
     scale_is_ptr = isinstance(grad_scale, Tensor)
     flags = (mask is not None, target is not None, grad is not None,
-             grad_scale.dtype if scale_is_ptr else False, rows is not None, fold is not None,
-             last_chunk)
+             grad_scale.dtype if scale_is_ptr else False, rows is not None, fold is not None)
     plan = _plan(logits, labels, mask, target, grad, n_groups, ignore_index, flags, cap, config)
     if plan is None:
         return False
     dummy = labels
-    out = rows or {}
+    out = dict(rows or {})
+    if fold is not None:
+        n_fields = 7 if target is not None else 5
+        if rows is None:  # one buffer of records: 4 bytes per field and row, each
+            # field 16-byte aligned (so every call of a layout runs one compiled variant)
+            records = torch.empty(n_fields, -(-plan.n_rows // 4) * 4, dtype=torch.float32,
+                                  device=logits.device)
+            out.update(zip(_RECORD_FIELDS, records[:, :plan.n_rows]))
+        else:
+            out["flags"] = torch.empty(plan.n_rows, dtype=torch.float32, device=logits.device)
     tensors = [logits, labels, dummy if mask is None else mask,
                logits if target is None else target, logits if grad is None else grad,
-               *(out.get(k, dummy) for k in _ROW_OUTPUTS), *(fold or (dummy,) * 4),
+               *(out.get(k, dummy) for k in _ROW_OUTPUTS),
+               *(out.get(k, out.get("conf", dummy)) for k in _RECORD_FIELDS),
                grad_scale if scale_is_ptr else dummy]
     floats = (1.0 if grad_scale is None or scale_is_ptr else float(grad_scale),
               1.0 if cap is None else float(cap))
-    _run(plan, logits.device, tensors, floats)
+    _run_rows(plan, logits.device, tensors, floats)
+    if fold is not None:
+        records = [out.get(k, out["conf"]) for k in _RECORD_FIELDS]
+        _run_fold(records, fold, plan.n_tokens, n_groups, target is not None, last_chunk,
+                  logits.device)
     return True
-
-
-_ROW_OUTPUTS = ("valid", "finite", "argmax", "conf", "label_prob", "ce", "entropy",
-                "teacher_argmax", "kl", "alpha")
 
 
 def _as_bytes(mask: Tensor | None) -> Tensor | None:
@@ -293,10 +339,10 @@ def row_stats_triton(
     """Row statistics of ``logits`` (N, V) against raw ``labels`` (N,) in one launch.
 
     ``fold`` (a stream's (sums, calibration, counters, scratch), kernels.token_sums) also
-    adds every row to that state, as `token_sums.accumulate_rows` does. Any strides are
-    read in place. Allocates only the N-length outputs; never synchronises with the
-    host. Use ``token_stats.row_stats``, which checks the arguments; call this directly
-    to fold or to pick a ``config``.
+    adds every row to that state, as `token_sums.accumulate_rows` does, in a second
+    launch. Any strides are read in place. Allocates only the N-length outputs; never
+    synchronises with the host. Use ``token_stats.row_stats``, which checks the
+    arguments; call this directly to fold or to pick a ``config``.
     """
     if triton is None:
         raise ValueError("backend='triton' needs the `triton` package (pip install triton)")
@@ -334,10 +380,11 @@ def fold_triton(
     last_chunk: bool = True,
     config: TritonConfig | None = None,
 ) -> bool:
-    """Fold logits (*lead, [G], V) with labels (*lead, [G]) into a stream's state, one launch.
+    """Fold logits (*lead, [G], V) with labels (*lead, [G]) into a stream's state: the row
+    launch and the fold's, no per-row output (the records are 20 or 28 bytes a row).
 
-    No per-row output. Returns False (and does nothing) when the leading axes do not
-    merge into three; the caller then splits along the first axis.
+    Returns False (and does nothing) when the leading axes do not merge into three; the
+    caller then splits along the first axis.
     """
     return _launch(logits, labels, _as_bytes(mask), target_logits, None, n_groups,
                    ignore_index, rows=None, fold=fold, last_chunk=last_chunk, cap=None,

@@ -1,6 +1,6 @@
-"""How the token probe lays a batch's logits out for the row-statistics pass: one launch
-of the fused fold over any strided (..., [G], V) tensor on CUDA, and 2-D row views (no
-copy) for the torch path.
+"""How the token probe lays a batch's logits out for the row-statistics pass: one row
+launch (and the fold's) over any strided (..., [G], V) tensor on CUDA, and 2-D row views
+(no copy) for the torch path.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 
 def fold_triton_batch(logits: Any, labels: Any, mask: Any, target: Any, n_groups: int,
                  state: tuple[Any, ...], ignore_index: int, last: bool) -> None:
-    """One launch folds the batch; a layout of more than three leading axes that do not
-    merge is split along the first axis (the batch still counts as one call)."""
+    """A row launch and a fold launch take the batch; a layout of more than three
+    leading axes that do not merge is split along the first axis (the batch still
+    counts as one call)."""
     from trainspect.kernels.token_stats_triton import fold_triton
 
     if fold_triton(logits, labels, mask, target, n_groups, state, ignore_index,
@@ -29,7 +30,7 @@ def padded_rows(logits: Any, target: Any, n_groups: int) -> tuple[Any, Any, list
     `logits[:, :-1]` of a contiguous (B, T, V) tensor has no 2-D view, but its rows sit
     at a constant stride in memory: viewed as (B*T - 1, V), it is the sliced tensor plus
     one skipped row per sequence. Those gap rows get the ignore label and cost the
-    kernel next to nothing, and the pass stays one launch over all rows. Returns the
+    kernel next to nothing, and the pass stays one row launch over all rows. Returns the
     view, the teacher's matching view, and each leading axis's stride in rows; None
     when the layout does not allow it (then the caller splits along the first axis).
     """

@@ -108,9 +108,10 @@ class TokenProbe:
         The entry point of a fused linear cross-entropy (docs/architecture.md, "The
         row-statistics core"): the same pass gives the per-row statistics (ce for the
         loss, `finite`, ...), writes the gradient into `grad_out` when given, and folds
-        every row into the stream's sums exactly as `update` does (on CUDA, in the same
-        launch). `last_chunk=False` says more chunks of the same batch follow; the batch
-        is counted as one call (calls, empty batches, teacher calls) at its last chunk.
+        every row into the stream's sums exactly as `update` does (on CUDA, by a small
+        fold launch right after the row launch). `last_chunk=False` says more chunks of
+        the same batch follow; the batch is counted as one call (calls, empty batches,
+        teacher calls) at its last chunk.
         Raises ValueError for bad arguments or a stream first observed with another
         layout.
         """
