@@ -1,4 +1,5 @@
-"""A CPU proxy for what `run.watch(model)` costs a host-bound LoRA step on a GPU.
+"""A CPU proxy for what `run.watch(model)` costs a host-bound LoRA step on a GPU, and
+where that cost goes, probe by probe.
 
 The 0.5B LoRA step that `watch_overhead.py` times on an H200 is bound by the host
 launching kernels: every operator trainspect queues and every microsecond of Python it
@@ -6,29 +7,45 @@ runs on the training thread is step time, and so is every stretch its writer thr
 holds the GIL. This script measures exactly those on the CPU, on a model with the same
 structure (24 Llama decoder layers, LoRA r=16 on all seven projections through PEFT:
 168 adapters, 336 trainable tensors, 24 watched layer outputs) but a tiny width, so
-that a CPU step is, like the GPU one, mostly dispatch and Python:
+that a CPU step is, like the GPU one, mostly dispatch and Python. One intra-op thread;
+times are the thread's CPU time (`time.thread_time`), so other processes on a shared
+machine disturb them less than wall time.
 
-- training-thread CPU time per step (`time.thread_time`, one intra-op thread), without
-  and with `watch`, in alternating windows of `log_every` steps (one flush each), the
-  ratio per window pair with a 95% bootstrap interval;
-- dispatcher operators per step (a `TorchDispatchMode` counting every aten call, on
-  the training thread and in the backward), split into plain steps, sampled steps and
-  the flush, with the operators `watch` adds by name;
-- Python calls into trainspect's files per step (`sys.setprofile`);
-- the writer thread's CPU time per flush by phase: the probes' `compute` (flush jobs),
-  the observers (alert rules), packing points into chunks, and the SQLite
-  transaction and merges. All but the last hold the GIL (sqlite3 releases it while
-  SQLite runs).
+What it prints:
 
-Predicted GPU ratio = 1 + (extra training-thread time + writer time holding the GIL,
-per step) / unwatched training-thread time per step. It assumes the H200 host's time
-per operator and per Python call scales with this machine's, which holds for a step
-that is host-bound; the GPU's own extra work (reading 24 hidden states per step) is
-not in it.
+1. Per step, without and with `watch` (windows of `log_every` 10 steps; "position 10"
+   is the step that flushes the window and is the next window's sampled step): aten
+   operators (a `TorchDispatchMode`), Python calls into trainspect's files
+   (`sys.setprofile`), training-thread CPU time, then CPU time inside each timed
+   phase: every public method of each probe on the training thread ("hidden.output",
+   "lora.state", ...), watch's own hook code around them ("watch hooks"), the rest of
+   the flush, `run.log`; and per flush on the writer thread: each probe's `compute`,
+   the rest of the flush jobs, the alert rules and other observers ("observers"),
+   records made columns and packed into chunks ("pack"), SQLite ("sqlite", run with
+   the GIL released) and the rest of a tick ("other": merges' numpy work, queues).
+2. "Where watch's extra cost goes": one row per probe (its methods summed) and per
+   shared part, with the extra aten operators per step, the extra training-thread
+   microseconds per step, the writer's extra GIL-holding microseconds per step (per
+   flush / 10), and their share of the unwatched step. Hook machinery that no timed
+   function sees (nn.Module's slow path with hooks, tensor hooks in the backward) is
+   measured apart (`machinery_us`) and added as its own row.
+   `torch._foreach_norm` is a per-tensor loop on the CPU but a multi-tensor launch on
+   a GPU: inside timed code its time is replaced by that of the same call on
+   one-element tensors and shown in its own column (still more than a GPU's host
+   cost, so read that column as an upper bound).
+3. The training-thread CPU ratio of alternating blocks (order flipped every round)
+   with a 95% bootstrap interval, and three predicted GPU ratios: 1 + the table's
+   total / the unwatched step; 1 + the extra aten operators at the step's mean cost
+   per operator + the writer's share; 1 + the measured step time difference + the
+   writer's share (noisy). They assume the GPU host's time per operator and per Python
+   call scales with this machine's, which holds for a host-bound step; the GPU's own
+   extra work (reading 24 hidden states per step) is not in them.
 
-    python benchmarks/watch_proxy.py [--windows 12] [--width 64] [--seq 32] [--batch 2]
+    python benchmarks/watch_proxy.py [--rounds 12] [--windows 2] [--width 64] [--seq 32]
+        [--batch 2] [--probes lora,grads,hidden,speed]
 
-Writes JSON to $OUT/watch_proxy.json when OUT is set. Results: docs/benchmarks.md.
+About 4 minutes on a quiet 2-core machine. Writes JSON to $OUT/watch_proxy.json when
+OUT is set. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -243,9 +260,9 @@ def stand_in_foreach(clock: TimedCalls) -> Any:
     """`torch._foreach_norm` is one multi-tensor launch on a GPU but a loop of per-tensor
     kernels on the CPU, where its time (hundreds of us for 24 layer outputs) says little
     about the GPU's. Inside timed code its time is replaced by that of the same call on
-    one-element tensors, charged to the calling phase: the per-tensor dispatch cost
-    alone, more than the GPU's host cost (one launch, and a view per result). Returns
-    the undo."""
+    one-element tensors, charged to the phase "<caller>#foreach" (its probe's, and shown
+    apart): the per-tensor dispatch cost alone, still more than the GPU's host cost (one
+    launch per few dozen tensors, and a view per result). Returns the undo."""
     original = torch._foreach_norm
     tiny: dict[tuple, list[torch.Tensor]] = {}
 
@@ -262,7 +279,7 @@ def stand_in_foreach(clock: TimedCalls) -> Any:
         middle = time.thread_time()
         original(stand, ord, dtype=dtype)
         end = time.thread_time()
-        clock.seconds[clock.current()] += end - middle  # the caller's, stand-in time
+        clock.seconds[f"{clock.current()}#foreach"] += end - middle
         stack[-1] += end - start  # the caller's phase excludes the real call
         return result
 
@@ -496,6 +513,8 @@ def summarise(args, count: dict, times: dict, direct: dict, writer: dict,
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for phase, us in by_probe(train_extra).items():
         rows[phase]["train_us"] += us
+    for phase, us in by_probe({k: v for k, v in train_extra.items() if "#" in k}).items():
+        rows[phase]["foreach_us"] += us
     for phase, us in by_probe(writer_extra).items():
         rows[phase if phase in PROBE_CLASSES else f"writer {phase}"]["writer_gil_us"] += us
     for phase, n in by_probe(ops_extra).items():
@@ -568,17 +587,19 @@ def print_report(args, result: dict) -> None:
     base = result["train_us_per_step"]["False"]
     print(f"\n## where watch's extra cost goes, per step (unwatched step: {base:.0f} us of "
           f"training-thread CPU)")
-    print("| where | extra aten ops | training thread (us) | writer holding the GIL (us) "
-          "| share of the step |")
-    print("|---|---:|---:|---:|---:|")
+    print("| where | extra aten ops | training thread (us) | of which _foreach_norm "
+          "stand-in (us) | writer holding the GIL (us) | share of the step |")
+    print("|---|---:|---:|---:|---:|---:|")
     rows = result["extra_per_step_by_probe"]
     for name in sorted(rows, key=lambda k: -rows[k]["share_pct"]):
         row = rows[name]
         print(f"| {name} | {row.get('aten_ops', 0.0):.1f} | {row.get('train_us', 0.0):.1f} | "
+              f"{row.get('foreach_us', 0.0):.1f} | "
               f"{row.get('writer_gil_us', 0.0):.1f} | {row['share_pct']:.2f}% |")
     total = {k: sum(r.get(k, 0.0) for r in rows.values())
-             for k in ("aten_ops", "train_us", "writer_gil_us", "share_pct")}
+             for k in ("aten_ops", "train_us", "foreach_us", "writer_gil_us", "share_pct")}
     print(f"| total | {total['aten_ops']:.1f} | {total['train_us']:.1f} | "
+          f"{total['foreach_us']:.1f} | "
           f"{total['writer_gil_us']:.1f} | {total['share_pct']:.2f}% |")
     ci = result["block_ratio_ci95"]
     machinery = result["machinery_us"]
