@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,13 @@ class Run:
         alert_rules: Any = None,
         webhook: str | None = None,
         exporters: Sequence[Any] = (),
+        store: str | None = None,
     ) -> None:
         check_name(project, "project")
         check_counts(log_every, samples_every, num_samples)
+        from trainspect.store.server.connect import store_url
+
+        url = store_url(store)  # a team store to stream to, else $TRAINSPECT_STORE, else None
         self.project = project
         self.root = runs_dir(dir)
         self.tokenizer = tokenizer
@@ -88,7 +93,12 @@ class Run:
         self._ranks = RankSync()  # rank 0 writes; the flush pools every rank's probe state
         self._exporters: list[Any] = []
 
-        claim = claim_run(self.root, project, resume, now, writes=self._ranks.writes)
+        if url is None:
+            claim = claim_run(self.root, project, resume, now, writes=self._ranks.writes)
+        else:  # a resume also finds runs made on other machines
+            from trainspect.store.server.attach import claim_with_store
+
+            claim = claim_with_store(self.root, project, resume, now, self._ranks.writes, url)
         self.id, self.path, previous = claim.id, claim.path, claim.previous
         attempt = int(previous.get("attempt", 1)) + 1 if resume is not None else 1
         started_at = float(previous.get("started_at", now))
@@ -117,6 +127,13 @@ class Run:
             alert_rules=[rule.id for rule in self.alerts.rules],
             **describe_process(),
         )
+        if claim.created:  # a new file: name it among the run's spools (docs/team.md)
+            self._writer.set_meta(spool_id=uuid.uuid4().hex[:16], first_attempt=attempt)
+        self.sync = None  # the team store's live sync (`store=`), on the writing rank
+        if url and self._writer.alive:
+            from trainspect.store.server.attach import start_sync
+
+            self.sync = start_sync(self, url)
         lifecycle.register(self)
 
     # ---- opening the store ---------------------------------------------------------------
@@ -485,7 +502,11 @@ class Run:
                                   rejected_values=self.rejected_values,
                                   internal_errors=dict(self.errors), **meta)
             self._finished = True
+            if self.sync is not None:  # the rest to the team store, for a bounded time
+                self.sync.drain(self._writer)
             self._writer.close()
+            if self.sync is not None:
+                self.sync.close()
             self.alerts.close(timeout=2.0)  # give the webhook the last alerts
             from trainspect.integrations.exporters import close_all
 

@@ -1,5 +1,5 @@
 """Planted-fault runs on the CPU: `doctor` names the planted cause first; healthy runs get
-nothing above info. Each run is ts.init + run.log of docs/architecture.md's metric names, 300 steps."""
+nothing above info. Each run is ts.init + run.log of the documented metric names, 300 steps."""
 
 from __future__ import annotations
 

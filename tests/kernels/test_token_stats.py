@@ -1,162 +1,36 @@
-"""Tests of the fused token-statistics pass against an independent float64 reference.
-
-Every backend runs the same parametrised tests: the torch path on the CPU (always), the
-torch and Triton paths on CUDA (marked ``gpu``, skipped without CUDA), and the Triton
-kernel under Triton's CPU interpreter (skipped without triton).
-
-Triton decides at import time whether its own library functions (``tl.sum``, ...) are
-interpreted, so TRITON_INTERPRET=1 must be set before triton is first imported. The
-interpreter cases therefore run in a child pytest started with that variable by
-``test_triton_interpreter_cases_in_subprocess``; run them directly with
-``TRITON_INTERPRET=1 pytest tests/kernels -k interpret``.
-Inputs are fresh random draws each run; the seed is in every failure message.
+"""The row-statistics core against an independent float64 reference, on every backend
+(tests/kernels/helpers.py says which and how). Inputs are fresh random draws each run;
+the seed is in every failure message.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import secrets
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
-from trainspect.kernels import RowStats, row_stats
-from trainspect.kernels.token_stats import valid_rows
-from trainspect.kernels.token_stats_torch import rows_per_chunk
-
-NEG_INF = float("-inf")
-HAS_CUDA = torch.cuda.is_available()
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # set before triton was imported
-# Older Triton interpreters call int() on 1-element arrays, which numpy >= 2.4 refuses.
-NUMPY_INTERPRETER_BUG = "only 0-dimensional arrays can be converted to Python scalars"
-FLOAT_FIELDS = ("conf", "label_prob", "ce", "entropy")
-TEACHER_FLOAT_FIELDS = ("kl", "alpha")
-# fp32 maths against float64 on the same (already rounded) input values.
-RTOL, ATOL = 1e-5, 1e-5
-
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]
-interpret = pytest.mark.skipif(
-    not (HAS_TRITON and INTERPRETING),
-    reason="needs triton and TRITON_INTERPRET=1 at start (run by the subprocess test)",
+from tests.kernels.helpers import (
+    FLOAT_FIELDS,
+    HAS_CUDA,
+    NEG_INF,
+    TEACHER_FLOAT_FIELDS,
+    assert_matches,
+    gpu,
+    interpret,
+    n_rows,
+    random_labels,
+    random_logits,
+    reference,
+    run,
+    vocab_for,
 )
-compiled_triton = pytest.mark.skipif(INTERPRETING, reason="TRITON_INTERPRET=1 is set")
-BACKENDS = [
-    pytest.param(("torch", "cpu"), id="torch-cpu"),
-    pytest.param(("triton", "interpret"), id="triton-interpret", marks=interpret),
-    pytest.param(("torch", "cuda"), id="torch-cuda", marks=gpu),
-    pytest.param(("triton", "cuda"), id="triton-cuda", marks=[*gpu, compiled_triton]),
-]
-# The interpreter runs numpy op by op: keep its inputs to a few rows.
-INTERPRET_MAX_ROWS = 6
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> tuple[str, str]:
-    """(backend name, device) to run on; the interpreter runs on CPU tensors."""
-    name, where = request.param
-    if name == "triton":
-        pytest.importorskip("triton")
-    return (name, "cpu") if where == "interpret" else (name, where)
-
-
-@pytest.fixture
-def gen() -> torch.Generator:
-    """A CPU generator with a fresh seed; failure messages name ``gen.initial_seed()``."""
-    return torch.Generator().manual_seed(secrets.randbits(31))
-
-
-def n_rows(backend: tuple[str, str], n: int) -> int:
-    """Fewer rows under the interpreter, so its tests stay fast."""
-    return min(n, INTERPRET_MAX_ROWS) if backend == ("triton", "cpu") else n
-
-
-def random_logits(gen, n, v, dtype, scale=3.0) -> torch.Tensor:
-    """(n, v) logits of spread-out magnitude, rounded to ``dtype``, on the CPU."""
-    return (torch.randn(n, v, generator=gen) * scale).to(dtype)
-
-
-def random_labels(gen, n, v, ignore_frac=0.2, ignore_index=-100) -> torch.Tensor:
-    labels = torch.randint(0, v, (n,), generator=gen)
-    ignored = torch.rand(n, generator=gen) < ignore_frac
-    return torch.where(ignored, torch.full_like(labels, ignore_index), labels)
-
-
-def first_argmax(x: torch.Tensor) -> torch.Tensor:
-    """First index of the row maximum, through numpy (independent of torch.argmax)."""
-    return torch.from_numpy(np.argmax(x.double().numpy(), axis=1)).to(torch.int64)
-
-
-def reference(logits, labels, target=None, ignore_index=-100, mask=None) -> dict:
-    """Float64 statistics on the same input values; zeros where not valid."""
-    x = logits.detach().cpu().double()  # (N, V): the bf16/fp16 values, exactly
-    labels = labels.detach().cpu().long()
-    n, v = x.shape
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < v)
-    if mask is not None:
-        valid &= mask.cpu()
-    logp = torch.log_softmax(x, dim=-1)
-    p = logp.exp()
-    label_logp = logp.gather(1, labels.clamp(0, v - 1)[:, None]).squeeze(1)
-    ref = {
-        "valid": valid,
-        "argmax": first_argmax(x),
-        "conf": p.max(dim=-1).values,
-        "label_prob": label_logp.exp(),
-        "ce": -label_logp,
-        "entropy": -torch.where(p > 0, p * logp, 0.0).sum(-1),
-        "teacher_argmax": None, "kl": None, "alpha": None,
-    }
-    if target is not None:
-        t = target.detach().cpu().double()
-        logq = torch.log_softmax(t, dim=-1)
-        q = logq.exp()
-        ref["teacher_argmax"] = first_argmax(t)
-        ref["kl"] = torch.where(q > 0, q * (logq - logp), 0.0).sum(-1)
-        ref["alpha"] = torch.minimum(p, q).sum(-1)
-    for name, value in ref.items():
-        if name != "valid" and value is not None:
-            ref[name] = torch.where(valid, value, torch.zeros_like(value))
-    return ref
-
-
-def assert_matches(got: RowStats, ref: dict, device: str, seed: int, rtol=RTOL, atol=ATOL):
-    """Every field of ``got`` against the float64 reference, with dtype and device checks."""
-    msg = f"(seed {seed})"
-    assert torch.equal(got.valid.cpu(), ref["valid"]), msg
-    assert got.valid.dtype == torch.bool
-    for name in ("argmax", "teacher_argmax"):
-        value = getattr(got, name)
-        if ref[name] is None:
-            assert value is None, name
-            continue
-        assert value.dtype == torch.int64 and value.device.type == device, name
-        assert torch.equal(value.cpu(), ref[name]), f"{name} {msg}"
-    for name in FLOAT_FIELDS + TEACHER_FLOAT_FIELDS:
-        value = getattr(got, name)
-        if ref[name] is None:
-            assert value is None, name
-            continue
-        assert value.dtype == torch.float32 and value.device.type == device, name
-        torch.testing.assert_close(value.cpu().double(), ref[name], rtol=rtol, atol=atol,
-                                   msg=lambda m, name=name: f"{name} {msg}: {m}")
-
-
-def run(backend, logits, labels, **kwargs) -> RowStats:
-    name, device = backend
-    to = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-    return row_stats(logits.to(device), labels.to(device), backend=name, **to)
+from trainspect.kernels import row_stats
+from trainspect.kernels.token_stats_torch import rows_per_chunk
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("vocab", [1000, 32001])
 def test_matches_float64_reference(backend, gen, dtype, vocab):
-    n = n_rows(backend, 24)
+    n, vocab = n_rows(backend, 24), vocab_for(backend, vocab)
     logits = random_logits(gen, n, vocab, dtype)
     labels = random_labels(gen, n, vocab)
     got = run(backend, logits, labels)
@@ -182,13 +56,13 @@ def test_teacher_kl_alpha_agreement(backend, gen, dtype):
 
 
 def test_planted_ties_pick_first_index(backend, gen):
-    n, vocab = n_rows(backend, 6), 32001
+    n, vocab = n_rows(backend, 6), vocab_for(backend, 32001)
     logits = random_logits(gen, n, vocab, torch.bfloat16)
     top = logits.float().max().item() + 1.0
-    # Ties within one block, across blocks in the same lane (a multiple of 4096 and of
+    # Ties within one block, across blocks in the same lane (a multiple of 2048 and of
     # 128 apart) and across lanes; the first occurrence is not always the smallest lane.
-    plants = [[7, 7 + 4096, 20000], [5000, 904, 904 + 128], [31999, 32000],
-              [0, 1], [4095, 4096], [32000, 100]]
+    plants = [[7, 7 + 2048, vocab - 50], [vocab // 3, 904, 904 + 128], [vocab - 2, vocab - 1],
+              [0, 1], [511, 512], [vocab - 1, 100]]
     for row, cols in enumerate(plants[:n]):
         logits[row, cols] = top
     labels = torch.tensor([c[0] for c in plants[:n]])
@@ -234,7 +108,7 @@ def test_all_ignored_batch(backend, gen):
 
 
 def test_one_token_and_empty_batch(backend, gen):
-    logits = random_logits(gen, 1, 32001, torch.bfloat16)
+    logits = random_logits(gen, 1, vocab_for(backend, 32001), torch.bfloat16)
     labels = torch.tensor([17])
     got = run(backend, logits, labels)
     assert_matches(got, reference(logits, labels), backend[1], gen.initial_seed())
@@ -300,36 +174,28 @@ def test_torch_chunking_invariance(gen, device):
 
 @interpret
 @pytest.mark.parametrize("config", [(16, 1, 1), (128, 4, 1), (256, 2, 3)])
-def test_interpret_block_configs_agree(gen, config):
-    """Several blocks per row with a ragged tail (V = 1000), under the interpreter."""
+def test_interpret_long_rows_of_several_block_configs(gen, config, monkeypatch):
+    """Long rows (forced at V = 1000) in blocks with a ragged tail, with a teacher, a
+    soft cap and the gradient, for several block configurations."""
+    from trainspect.kernels import token_stats_triton
     from trainspect.kernels.token_stats_triton import TritonConfig, row_stats_triton
 
-    n, vocab = 5, 1000
+    monkeypatch.setattr(token_stats_triton, "SHORT_MAX_VOCAB", 0)
+    n, vocab = 4, 1000
     logits = random_logits(gen, n, vocab, torch.bfloat16)
     target = random_logits(gen, n, vocab, torch.bfloat16)
     logits[0, [3, 3 + config[0], 700]] = 40.0  # ties in one lane across blocks
     labels = random_labels(gen, n, vocab)
-    valid, safe = valid_rows(labels, vocab, -100)
-    got = row_stats_triton(logits, safe, valid, target_logits=target,
-                           config=TritonConfig(*config))
-    assert_matches(got, reference(logits, labels, target), "cpu", gen.initial_seed())
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
-@pytest.mark.skipif(INTERPRETING, reason="this process already interprets")
-def test_triton_interpreter_cases_in_subprocess():
-    """Run every interpreter case in a child pytest with TRITON_INTERPRET=1 set at start."""
-    repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "-W", "ignore::RuntimeWarning",  # numpy evaluates both sides of tl.where
-           str(Path(__file__).resolve()), "-k", "interpret and not subprocess"]
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0 and NUMPY_INTERPRETER_BUG in proc.stdout:
-        pytest.skip("this triton's interpreter fails with numpy >= 2.4 (triton-lang/triton#9171)")
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
+    grad = torch.empty(n, vocab)
+    got = row_stats_triton(logits, labels, target_logits=target, grad_out=grad,
+                           logit_softcap=50.0, config=TritonConfig(*config))
+    want = row_stats(logits, labels, target_logits=target, grad_out=(ref := torch.empty(
+        n, vocab)), logit_softcap=50.0, backend="torch")
+    for name in ("valid", "finite", "argmax", "teacher_argmax", "conf", "ce", "entropy", "kl",
+                 "alpha", "label_prob"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5,
+                                   atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    torch.testing.assert_close(grad, ref, rtol=0, atol=2e-6)
 
 
 def test_bad_arguments_raise_clear_errors():
@@ -364,8 +230,6 @@ def test_auto_backend_on_cpu_is_torch(monkeypatch):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("name", ["torch", "triton"])
 def test_no_host_sync_on_cuda(gen, name):
-    if name == "triton":
-        pytest.importorskip("triton")
     n, vocab = 64, 32000
     logits = random_logits(gen, n, vocab, torch.bfloat16).cuda()
     labels = random_labels(gen, n, vocab).cuda()
@@ -385,7 +249,6 @@ def test_no_host_sync_on_cuda(gen, name):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("teacher", [False, True])
 def test_cuda_extra_memory_is_bounded(gen, teacher):
-    pytest.importorskip("triton")
     n, vocab = 4096, 32000
     logits = random_logits(gen, n, vocab, torch.bfloat16).cuda()
     target = logits.flip(0) if teacher else None

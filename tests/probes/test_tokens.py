@@ -12,92 +12,18 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-import trainspect as ts  # noqa: E402
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def reference(logits, labels, target=None, ignore=-100, n_groups=1):
-    """Per-group pooled sums of every token metric, in float64 on the CPU."""
-    x = logits.detach().to("cpu", torch.float64).reshape(-1, logits.shape[-1])
-    y = labels.detach().cpu().reshape(-1).to(torch.int64)
-    vocab = x.shape[1]
-    valid = (y != ignore) & (y >= 0) & (y < vocab)
-    logp = torch.log_softmax(x, dim=-1)
-    p = logp.exp()
-    argmax = torch.argmax(x, dim=-1)  # first index on ties
-    conf = p.gather(1, argmax[:, None]).squeeze(1)
-    safe = torch.where(valid, y, torch.zeros_like(y))
-    label_logp = logp.gather(1, safe[:, None]).squeeze(1)
-    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
-    correct = (argmax == y) & valid
-    rows = {"valid": valid, "correct": correct, "conf": conf, "label_p": label_logp.exp(),
-            "ce": -label_logp, "entropy": entropy, "argmax": argmax}
-    if target is not None:
-        t = target.detach().to("cpu", torch.float64).reshape(-1, vocab)
-        logq = torch.log_softmax(t, -1)
-        q = logq.exp()
-        rows["agree"] = argmax == torch.argmax(t, -1)
-        rows["kl"] = torch.where(q > 0, q * (logq - logp), torch.zeros_like(q)).sum(-1)
-        rows["alpha"] = torch.minimum(p, q).sum(-1)
-    out = []
-    for g in range(n_groups):
-        sel = (torch.arange(x.shape[0]) % n_groups == g) & valid
-        out.append({k: v[sel].double() for k, v in rows.items()})
-    return out
-
-
-def pooled(groups):
-    """Merge per-group row dicts into one."""
-    return {k: torch.cat([g[k] for g in groups]) for k in groups[0]}
-
-
-def metrics(rows):
-    n = rows["valid"].numel()
-    conf = rows["conf"]
-    bins = torch.clamp((conf * 10).floor().long(), max=9)
-    ece = sum(abs(rows["correct"][bins == b].sum() - conf[bins == b].sum()) for b in range(10)) / n
-    out = {"acc": rows["correct"].mean(), "conf": conf.mean(), "target_conf": rows[
-        "label_p"].mean(), "entropy": rows["entropy"].mean(), "ce": rows["ce"].mean(),
-        "ece": ece, "confident_wrong": ((conf > 0.5) & (rows["correct"] == 0)).double().mean(),
-        "supervised_tokens": float(n)}
-    out["conf_gap"] = out["target_conf"] - out["conf"]
-    if "kl" in rows:
-        out.update(teacher_agree=rows["agree"].mean(), kl=rows["kl"].mean(),
-                   alpha=rows["alpha"].mean())
-    return {k: float(v) for k, v in out.items()}
-
-
-def stored(view, prefix, step):
-    out = {}
-    for key in view.keys():
-        if key.startswith(prefix) and "/" not in key[len(prefix):]:
-            series = dict(view.series(key))
-            if step in series:
-                out[key[len(prefix):]] = series[step]
-    return out
-
-
-def assert_close(got, want, rel=1e-4, abs_=1e-6):
-    for key, value in want.items():
-        assert key in got, f"{key} missing from stored metrics {sorted(got)}"
-        if math.isinf(value):
-            assert got[key] == value, key
-        else:
-            assert got[key] == pytest.approx(value, rel=rel, abs=abs_), key
-
-
-def random_batch(shape, vocab, dtype, device, ignore_frac=0.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(*shape, vocab, generator=g) * 3).to(dtype)
-    labels = torch.randint(0, vocab, shape, generator=g)
-    labels[torch.rand(shape, generator=g) < ignore_frac] = -100
-    # half of the supervised labels are the argmax, so accuracy is far from 0
-    easy = torch.rand(shape, generator=g) < 0.5
-    labels = torch.where(easy & (labels != -100), logits.float().argmax(-1), labels)
-    return logits.to(device), labels.to(device)
+import trainspect as ts
+from tests.probes.token_reference import (
+    DEVICES,
+    assert_close,
+    metrics,
+    pooled,
+    random_batch,
+    reference,
+    stored,
+)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -126,19 +52,38 @@ def test_windows_pool_sums_across_batches_not_ratios(runs):
     assert [s for s, _ in view.series("text/acc")] == [2, 4]  # last step of each window
 
 
-def test_ce_ema_follows_the_window_ce(runs):
-    batches = [random_batch((4, 8), 30, torch.float32, "cpu", seed=s) for s in range(6)]
-    with ts.init(project="p", log_every=1) as run:
-        probe_span = 300
+def bias_corrected_ema(points, span=300):
+    """Hand computation in float64: Adam-style EMA of (step, ce) windows, each weighted
+    by the steps it spans (the first as many as the second), divided by the weight
+    gathered."""
+    beta = 1 - 2 / (span + 1)
+    spans = [b[0] - a[0] for a, b in zip(points, points[1:])]
+    spans = spans[:1] + spans
+    raw = weight = 0.0
+    out = []
+    for (_, ce), steps in zip(points, spans):
+        decay = beta**steps
+        raw = decay * raw + (1 - decay) * ce
+        weight = 1 - (1 - weight) * decay
+        out.append(raw / weight)
+    return out
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_ce_ema_is_bias_corrected_and_follows_the_window_ce(runs, log_every):
+    batches = [random_batch((4, 8), 30, torch.float32, "cpu", seed=s) for s in range(7)]
+    with ts.init(project="p", log_every=log_every) as run:
         for step, (logits, labels) in enumerate(batches, start=1):
             run.observe(step, logits, labels)
     view = ts.open(runs).run(run.id)
-    ce = [v for _, v in view.series("text/ce")]
-    alpha = 2 / (probe_span + 1)
-    ema = ce[0]
-    for value in ce[1:]:
-        ema = alpha * value + (1 - alpha) * ema
-    assert view.series("text/ce_ema")[-1][1] == pytest.approx(ema, rel=1e-12)
+    ce = view.series("text/ce")
+    want = bias_corrected_ema(ce)
+    got = [v for _, v in view.series("text/ce_ema")]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got[0] == pytest.approx(ce[0][1], rel=1e-12)  # the first window is its own EMA
+    # On a short run the EMA is close to the mean of the windows, not pinned to the first.
+    values = [v for _, v in ce]
+    assert abs(got[-1] - np.mean(values)) < 0.2 * abs(got[-1] - values[0]) + 1e-3
 
 
 def test_ties_go_to_the_first_index_and_neg_inf_is_handled(runs):
@@ -289,12 +234,12 @@ def test_state_is_fixed_size_and_logits_are_not_kept(runs):
 
 @pytest.mark.parametrize("cut", ["start", "end", "both"])
 def test_sliced_sequences_use_one_padded_view_and_match(runs, cut):
-    from trainspect.probes.tokens import _padded_rows
+    from trainspect.probes.token_layout import padded_rows
 
     logits, labels = random_batch((3, 10, 2), 33, torch.float32, "cpu", seed=13)
     teacher = torch.randn(logits.shape)
     part = {"start": slice(1, None), "end": slice(None, -1), "both": slice(2, -3)}[cut]
-    view, _, _ = _padded_rows(logits[:, part], teacher[:, part], 2)
+    view, _, _ = padded_rows(logits[:, part], teacher[:, part], 2)
     assert view.data_ptr() == logits[:, part].data_ptr()  # a view, not a copy
     with ts.init(project="p") as run:
         run.observe(1, logits[:, part], labels[:, part], target_logits=teacher[:, part],

@@ -4,9 +4,9 @@ extra device memory stays under 2% of the logits, and values still come out righ
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-import trainspect as ts  # noqa: E402
+import trainspect as ts
 
 pytestmark = pytest.mark.gpu
 

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from trainspect.store.reader import Reader
 
     view = Reader(args.dir).run(args.run)
-    out = write_report(view, args.output)
+    out = write_report(f"{view.project}/{view.id}", args.output, dir=args.dir)  # dir, or a store
     size_kib = out.stat().st_size / 1024
     print(f"wrote the report of {view.project}/{view.id} to {out} ({size_kib:.0f} KiB)")
     return 0

@@ -43,6 +43,15 @@ MAX_VIEWS = 4096
 class Catalog:
     """Resolves run references to RunViews under one runs directory."""
 
+    def __new__(cls, root: str | None = None):
+        from trainspect.store.server.connect import is_store_url
+
+        if cls is Catalog and is_store_url(root):  # `trainspect ui --store URL`
+            from trainspect.dashboard.store_catalog import StoreCatalog
+
+            return StoreCatalog(root)
+        return super().__new__(cls)
+
     def __init__(self, root: str | None = None) -> None:
         self.root = runs_dir(root)
         self._views: OrderedDict[Path, RunView] = OrderedDict()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-N_BINS = 10  # calibration bins of width 0.1; a confidence of exactly 1.0 goes in the last
+N_BINS = 10  # calibration bins of width 0.1 (kernels.token_sums: the same rule and count)
 TOKEN_SUMS = ("tokens", "ce", "correct", "entropy", "conf", "label_prob")
 EXAMPLE_SUMS = ("n", "em", "ce_mean", "ce_mean_sq", "acc_mean", "acc_mean_sq")
 
@@ -42,6 +42,8 @@ class TokenSums:
         supervised tokens, correct tokens, summed CE."""
         import torch
 
+        from trainspect.kernels.token_sums import calibration_bin
+
         f64 = torch.float64
         valid = stats.valid.to(f64)  # (B*T,)
         correct = (stats.argmax == labels.to(torch.int64)).to(f64) * valid
@@ -50,7 +52,7 @@ class TokenSums:
         columns = torch.stack([valid, ce, correct, stats.entropy.to(f64) * valid, conf,
                                stats.label_prob.to(f64) * valid], dim=1)  # (B*T, 6)
         self.sums += columns.sum(dim=0)
-        bins = torch.clamp((stats.conf.to(f64) * N_BINS).to(torch.int64), 0, N_BINS - 1)
+        bins = calibration_bin(stats.conf)  # the token probe's rule, so a token bins alike
         self.calibration.index_add_(0, bins, torch.stack([valid, conf, correct], dim=1))
         return columns[:, [0, 2, 1]].view(batch, length, 3).sum(dim=1)  # (B, 3)
 

@@ -32,18 +32,49 @@ def fixed_eval_of(value: Any) -> Any:
 
 
 def start_watching(callback: Any, model: Any) -> None:
-    """Attach `watch` (when asked) and the logits capture to `model` for `callback`."""
+    """Attach `watch` (when asked) and the logits capture to `model` for `callback`, or
+    with `fused_loss` the loss without logits (integrations/fused_loss.py)."""
     from trainspect.integrations.capture import LogitsCapture
 
     if callback.watch:
         options = callback.watch if isinstance(callback.watch, dict) else {}
         callback._watch = callback.run.watch(model, **options)
+    if getattr(callback, "fused_loss", False) and use_fused_loss_on(callback, model):
+        return
     callback.capture = LogitsCapture(callback.run, model, callback._step, stream=callback.stream,
                                      shift=callback.shift_labels).attach()
 
 
+def use_fused_loss_on(callback: Any, model: Any) -> bool:
+    """Patch `model` with the fused loss for `callback`; False (and one alert) when the
+    model is not of a supported family, so the logits capture is used instead."""
+    from trainspect.integrations.fused_loss import use_fused_loss
+
+    options = callback.fused_loss if isinstance(callback.fused_loss, dict) else {}
+    try:
+        callback._fused = use_fused_loss(model, callback.run, step_of=callback._step,
+                                         stream=callback.stream, **options)
+    except TrainspectError as err:
+        callback.run.alert(f"fused_loss is off: {err}", level="warning",
+                           action="Drop fused_loss=True for this model; its logits are "
+                                  "observed from the forward instead.")
+        return False
+    return True
+
+
+def fused_loss_option(value: Any) -> Any:
+    """`fused_loss=` of the callbacks: a bool, or a dict of use_fused_loss's options."""
+    if isinstance(value, bool) or (isinstance(value, dict) and set(value) <= {"max_chunk_bytes"}):
+        return value
+    raise TrainspectError(f"expected `fused_loss` to be True, False or a dict with "
+                          f"'max_chunk_bytes', got {value!r}")
+
+
 def stop_watching(callback: Any) -> None:
     """Detach what `start_watching` attached and finish the run."""
+    if getattr(callback, "_fused", None) is not None:
+        callback._fused.remove()
+        callback._fused = None
     if callback.capture is not None:
         callback.capture.remove()
         callback.capture = None

@@ -39,7 +39,12 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("trainspect.hf needs transformers: pip install 'trainspect[hf]'") from err
 
-from trainspect.integrations.callbacks import hold_settings, start_watching, stop_watching
+from trainspect.integrations.callbacks import (
+    fused_loss_option,
+    hold_settings,
+    start_watching,
+    stop_watching,
+)
 from trainspect.integrations.capture import LogitsCapture
 
 log = logging.getLogger("trainspect.integrations.hf")
@@ -75,6 +80,9 @@ class TrainspectCallback(TrainerCallback):
         watch: attach `run.watch` to the model (or a dict of its keyword arguments).
         stream: the stream name of the captured logits.
         shift_labels: None guesses from the model (causal LMs shift); True or False forces.
+        fused_loss: give the model's causal LM (Llama, Mistral, Qwen2/3, Gemma families)
+            the fused loss of `trainspect.hf.use_fused_loss`: no logits in training, every
+            token statistic from the loss's pass (a dict passes `max_chunk_bytes`).
     """
 
     def __init__(self, project: str = "default", name: str | None = None,
@@ -82,11 +90,12 @@ class TrainspectCallback(TrainerCallback):
                  *, fixed_eval: Any = None, fixed_eval_every: int | None = None,
                  eval_batch_size: int = 8, watch: bool | dict[str, Any] = True,
                  stream: str = "text", shift_labels: bool | None = None,
-                 **init_kwargs: Any) -> None:
+                 fused_loss: bool | dict[str, Any] = False, **init_kwargs: Any) -> None:
         hold_settings(self, project, name, config, dir, fixed_eval=fixed_eval,
                       fixed_eval_every=fixed_eval_every, eval_batch_size=eval_batch_size,
                       watch=watch, stream=stream, shift_labels=shift_labels,
                       init_kwargs=init_kwargs)
+        self.fused_loss = fused_loss_option(fused_loss)
         self.capture: LogitsCapture | None = None
         self.checkpoints: dict[str, str] = {}
         self._state: Any = None

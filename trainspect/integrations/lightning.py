@@ -37,7 +37,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("trainspect.lightning needs Lightning: pip install "
                       "'trainspect[lightning]'") from err
 
-from trainspect.integrations.callbacks import hold_settings, start_watching, stop_watching
+from trainspect.integrations.callbacks import (
+    fused_loss_option,
+    hold_settings,
+    start_watching,
+    stop_watching,
+)
 from trainspect.integrations.capture import LogitsCapture
 
 
@@ -53,6 +58,9 @@ class TrainspectCallback(Callback):
         watch: attach `run.watch` to the module (or a dict of its keyword arguments).
         stream: the stream name of the observed logits.
         shift_labels: None guesses from the model (causal LMs shift); True or False forces.
+        fused_loss: give the model's causal LM (Llama, Mistral, Qwen2/3, Gemma families)
+            the fused loss of `trainspect.hf.use_fused_loss`: no logits in training, every
+            token statistic from the loss's pass (a dict passes `max_chunk_bytes`).
     """
 
     def __init__(self, project: str = "default", name: str | None = None,
@@ -60,11 +68,13 @@ class TrainspectCallback(Callback):
                  *, fixed_eval: Any = None, fixed_eval_every: int | None = None,
                  eval_model: str | None = None, eval_batch_size: int = 8,
                  watch: bool | dict[str, Any] = True, stream: str = "text",
-                 shift_labels: bool | None = None, **init_kwargs: Any) -> None:
+                 shift_labels: bool | None = None, fused_loss: bool | dict[str, Any] = False,
+                 **init_kwargs: Any) -> None:
         hold_settings(self, project, name, config, dir, fixed_eval=fixed_eval,
                       fixed_eval_every=fixed_eval_every, eval_batch_size=eval_batch_size,
                       watch=watch, stream=stream, shift_labels=shift_labels,
                       init_kwargs=init_kwargs)
+        self.fused_loss = fused_loss_option(fused_loss)
         self.eval_model = eval_model
         self.capture: LogitsCapture | None = None
         self._trainer: Any = None

@@ -1,85 +1,80 @@
-"""Triton backend of the token-statistics pass: one program per row, one read of the logits.
+"""Triton backend of the row-statistics pass: one launch reads the logits once, writes the
+per-row statistics and/or folds them into a stream's sums. Device code: token_stats_tl.py.
 
-Design (one program = one row of V logits):
+Work is split by token: a token is the G consecutive rows of one position (draft
+positions, audio codebooks; G = 1 for text). The grid is persistent: program p takes
+tokens p, p + P, ..., so it can fold every row it reads into per-program accumulators
+(per group: the `token_sums.SUMS` columns and the calibration cells) and add them to
+the stream's float64 state with a few atomics at the end; the last program of a call
+(a ticket counter in the stream's scratch) counts the call. One observe is one launch
+whatever the grouping, with no padding, copies or per-row outputs; labels, mask and
+logits are read through their own strides (up to three leading axes after merging).
 
-- The label is read first. A row that is not valid (label -1 from ``valid_rows``, or
-  anything outside [0, V), checked again here so that no label can ever index out of
-  bounds) stores zeros and does nothing else: ignored rows cost one load and a few stores.
-- Pass 1 walks the row in blocks of ``BLOCK_V`` contiguous elements: vectorised loads of
-  the native dtype, converted to fp32 in registers (the tensor is never cast as a whole);
-  full blocks are loaded without a mask, only the ragged tail block is masked.
-  Online softmax in base 2: the row max so far m (a scalar), and per lane
+Long rows (V > SHORT_MAX_VOCAB), one row at a time:
+
+- The label is read first; a row that is not valid (ignored, masked, or outside [0, V),
+  never used to index memory) is not read at all.
+- The row is walked in blocks of ``BLOCK_V`` contiguous elements: vectorised loads of the
+  native dtype converted to fp32 in registers (never cast as a whole); only the ragged
+  tail is masked. Online softmax in base 2: the row max so far m and per lane
   S = sum 2^t and A = sum 2^t t with t = z log2(e) - m log2(e) (one fma, one ex2, one
   add and one fma per element). A block whose max exceeds m (a uniform branch, taken a
-  handful of times per row) rescales S and A once and records the block's first index of
-  its max; every other block does no max or argmax bookkeeping beyond one block max.
-  At the end: lse = (m log2 e + log2 S) ln 2, entropy = (log2 S - A / S) ln 2,
-  conf = p(argmax), ce = lse - z_label (the label logit is read once, by a scalar load),
-  label_prob = exp(-ce). The per-element work is ~8 ALU ops and one ex2, under the
-  H100/H200 read time of a bf16 element. Measured on an H200 (benchmarks/
-  token_stats_kernel.py): 1.13x the one-read floor at 32768 x 152064 bf16, 1.19x at
-  8192 x 32000, with BLOCK_V = 512 and 2 warps (one 16-byte load per thread per block).
-- Ties: within a block the smallest index holding the block max is taken; across blocks
-  a later block replaces the argmax only if its max is strictly greater, so the first
-  index of the row max wins, as with ``torch.argmax``.
-- -inf logits: t is clamped at -1e30 before 2^t, so a -inf logit adds exactly 0 to S and
-  0 * (-1e30) = 0 to A (never 0 * -inf = NaN); while the row has seen only -inf the
-  reference max is 0, not -inf. A label whose logit is -inf gives ce = +inf and
-  label_prob = 0, as ``torch.nn.functional.cross_entropy`` does. The masked tail loads -inf.
-- With ``target_logits``, pass 1 also reads the teacher's row in the same loop (its own
-  online max and sum, and its argmax). alpha = sum min(p_t, p_s) needs both final
-  normalisers, so it cannot finish in one online pass: pass 2 re-reads both rows in the
-  same program, now knowing both log-normalisers, and sums min(p_t, p_s) and
-  p_t (log p_t - log p_s) (the KL formed per element there is more accurate than the
-  one-pass form sum p_t t - lse_t - (sum p_t z - lse_s), which cancels).
-  Honest cost: pass 2 re-reads 2 * V * itemsize bytes per row. It walks the blocks in
-  reverse so that the most recently read blocks, the likeliest still in L2 (50 MB on an
-  H100, 60 MB on an H200), come first, and pass 1 loads with ``evict_last``. When the rows
-  in flight (about SMs x programs per SM x 2 x row bytes) outgrow L2, as at V = 152k,
-  most of the re-read comes from HBM: budget up to ~2x the one-read time of both tensors
-  with a teacher. The student-only pass reads each logit exactly once.
+  handful of times per row) rescales S and A and records the block's first index of its
+  max. lse = (m log2 e + log2 S) ln 2, entropy = (log2 S - A / S) ln 2, conf = p(argmax),
+  ce = lse - z_label (the label logit is read once, by a scalar load).
+- Ties: within a block the smallest index holding the block max; across blocks a later
+  block wins only if its max is strictly greater: the first index, as ``torch.argmax``.
+- -inf logits: t is clamped at -1e30, so a -inf logit adds exactly 0 to S and A. A NaN
+  logit passes the clamp (max.NaN) and makes S NaN; +inf makes the reference +inf: either
+  way the row's lse is not finite, the row is flagged and its statistics are NaN.
+- With ``target_logits`` the first walk also reads the teacher's row (its online max, sum
+  and argmax); alpha = sum min(p_t, p_s) needs both final normalisers, so a second walk
+  re-reads both rows (newest blocks first, the likeliest still in L2) for alpha and the
+  per-element KL. The gradient (``grad_out``) is a last walk: p - onehot, times the soft
+  cap's 1 - tanh^2, times the scale, written after every read of the row (in place safe).
 
-Extra device memory is only the N-length outputs. Triton is imported under a guard, so
-this module imports on machines without it (the kernel is then never defined). Triton's
+Short rows (V <= SHORT_MAX_VOCAB, e.g. audio codebooks of 1026), one row at a time in
+registers: a power-of-two main piece plus a small tail, so few lanes are wasted; the
+exact max first, then every sum, the teacher's KL and alpha and the gradient from
+registers: one read even with a teacher or a gradient.
+
+Extra device memory: the per-row outputs when asked for (row_stats), nothing else.
+Triton is imported under a guard, so this module imports on machines without it. Its
 CPU interpreter works only when TRITON_INTERPRET=1 is set before triton is imported.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .token_stats import RowStats
+from .token_stats import _triton_interpreting as _interpreting
+from .token_stats_tl import _rows_kernel, triton
 
-try:  # optional dependency: the module must import without it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised on machines without triton
-    triton = None
-    tl = None
+__all__ = ["BENCH_CONFIGS", "DEFAULT_CONFIG", "SHORT_MAX_VOCAB", "TritonConfig", "fold_triton",
+           "row_stats_triton"]
 
-__all__ = ["BENCH_CONFIGS", "DEFAULT_CONFIG", "TritonConfig", "row_stats_triton"]
-
-_constexpr = float if tl is None else tl.constexpr  # kernels read globals only as constexpr
-LOG2E = _constexpr(1.4426950408889634)  # log2(e): exp(x) = 2^(x log2 e)
-LN2 = _constexpr(0.6931471805599453)  # ln(2): from base 2 back to nats
-T_FLOOR = _constexpr(-1.0e30)  # 2^t is 0 below this; keeps 0 * (-inf) out of A
-NEG_INF = _constexpr(float("-inf"))
+SHORT_MAX_VOCAB = 4096  # rows up to this length are held in registers
+SHORT_WARPS = 2  # warps a short row: the best of 2, 4 and 8 for audio codebooks on an H200
 
 
 @dataclass(frozen=True)
 class TritonConfig:
-    """Launch configuration of the kernel; the benchmark tries a few."""
+    """Launch configuration of long rows; the benchmark tries a few."""
 
     block_v: int = 512
     """Elements of a row per loop step (power of two; capped at next_pow2(V))."""
     num_warps: int = 2
-    """Warps per program (one program per row). 512 / (2 x 32) = 8 bf16 per thread, one
-    16-byte load: the best of the sweep on an H200 for V = 32000 and 152064."""
+    """Warps per program. 512 / (2 x 32) = 8 bf16 per thread, one 16-byte load."""
     num_stages: int = 2
-    """Software-pipelining depth of the loop over the row (1 to 4 timed the same)."""
+    """Software-pipelining depth of the loop over the row."""
+    programs_per_sm: int = 0
+    """Programs of the persistent grid per multiprocessor; 0: as many as can be resident
+    (by the compiled kernel's registers); -1: one program per token (not persistent)."""
 
     def __post_init__(self) -> None:
         if self.block_v < 16 or self.block_v & (self.block_v - 1):
@@ -88,213 +83,262 @@ class TritonConfig:
             raise ValueError(f"expected `num_warps` in 1, 2, 4, 8, 16, 32, got {self.num_warps}")
         if self.num_stages < 1:
             raise ValueError(f"expected `num_stages` >= 1, got {self.num_stages}")
+        if self.programs_per_sm < -1:
+            raise ValueError(f"expected `programs_per_sm` >= -1, got {self.programs_per_sm}")
 
 
-DEFAULT_CONFIG = TritonConfig()
+# The best of benchmarks/token_stats_kernel.py's sweep on an H200 (docs/benchmarks.md):
+DEFAULT_CONFIG = TritonConfig(512, 2, 2, programs_per_sm=-1)  # per-row outputs, no fold
+FOLD_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=-1)  # observe: the fold, no outputs
+TEACHER_CONFIG = TritonConfig(1024, 4, 2, programs_per_sm=4)  # with target_logits
 BENCH_CONFIGS = (
-    TritonConfig(256, 1, 2),
-    TritonConfig(512, 1, 2),
     TritonConfig(512, 2, 2),
-    TritonConfig(512, 2, 4),
-    TritonConfig(1024, 2, 2),
     TritonConfig(1024, 4, 2),
-    TritonConfig(2048, 4, 2),
-    TritonConfig(4096, 8, 2),
+    TritonConfig(512, 2, 2, programs_per_sm=-1),
+    TritonConfig(1024, 4, 2, programs_per_sm=-1),
+    TritonConfig(512, 2, 3),
 )
 
 
-def _jit(fn):
-    """``triton.jit`` when triton is installed; the plain function otherwise (never run)."""
-    return fn if triton is None else triton.jit(fn)
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
 
 
-@_jit
-def _online_block(z, cols, m_run, m_ref, s, a, amax, V):
-    """Fold one block z (BLOCK_V,) fp32 into the online softmax state of a row.
-
-    m_run: row max so far (scalar; -inf before any finite value); m_ref = m_run * log2(e)
-    (0 while m_run is -inf); s, a: per-lane sums of 2^t and 2^t t; amax: argmax so far.
-    """
-    block_max = tl.max(z, axis=0)
-    if block_max > m_run:  # uniform branch: a new row max, a few times per row
-        new_ref = block_max * LOG2E
-        # (<= 0) moves the old t's to the new reference; nothing to move before a finite max
-        shift = tl.where(m_run > NEG_INF, m_ref - new_ref, 0.0)
-        scale = tl.exp2(shift)
-        a = scale * (a + s * shift)
-        s = scale * s
-        amax = tl.min(tl.where(z == block_max, cols, V), axis=0)  # first index in the block
-        m_run = block_max
-        m_ref = new_ref
-    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR)  # one fma and a clamp: -inf -> T_FLOOR
-    e = tl.exp2(t)
-    return m_run, m_ref, s + e, a + e * t, amax
+def _pow2_at_most(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
 
 
-@_jit
-def _online_block_sum(z, cols, m_run, m_ref, s, amax, V):
-    """Like ``_online_block`` without the entropy sum (for the teacher's normaliser)."""
-    block_max = tl.max(z, axis=0)
-    if block_max > m_run:
-        new_ref = block_max * LOG2E
-        s = tl.exp2(tl.where(m_run > NEG_INF, m_ref - new_ref, 0.0)) * s
-        amax = tl.min(tl.where(z == block_max, cols, V), axis=0)
-        m_run = block_max
-        m_ref = new_ref
-    t = tl.maximum(z * LOG2E - m_ref, T_FLOOR)
-    return m_run, m_ref, s + tl.exp2(t), amax
+@functools.lru_cache(maxsize=16)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-@_jit
-def _kl_alpha_block(z, tz, lse2, lse2_t, kl, alpha):
-    """Pass 2 terms: p = 2^(z log2 e - lse2), q likewise; kl += q (log2 q - log2 p)."""
-    log2_p = z * LOG2E - lse2
-    log2_q = tz * LOG2E - lse2_t
-    q = tl.exp2(log2_q)
-    alpha += tl.minimum(tl.exp2(log2_p), q)
-    kl += tl.where(q > 0.0, q * (log2_q - log2_p), 0.0)  # 0 where p_t = 0 (t = -inf)
-    return kl, alpha
+def _merge_lead(sizes: tuple[int, ...], strides: list[tuple[int, ...]]
+                ) -> list[tuple[int, list[int]]] | None:
+    """The leading axes as at most three (size, [stride per tensor]), merging axes that
+    are contiguous in every tensor; None when more than three remain."""
+    merged: list[tuple[int, list[int]]] = []
+    for k, size in enumerate(sizes):
+        if size == 1:
+            continue
+        st = [s[k] for s in strides]
+        if merged:
+            prev_size, prev = merged[-1]
+            if all(p == s * size for p, s in zip(prev, st)):
+                merged[-1] = (prev_size * size, st)
+                continue
+        merged.append((size, st))
+    if len(merged) > 3:
+        return None
+    while len(merged) < 3:
+        merged.insert(0, (1, [0] * len(strides)))
+    return merged
 
 
-@_jit
-def _token_stats_kernel(
-    logits_ptr, labels_ptr, target_ptr,  # (N, V) any float, (N,) int64, (N, V) or dummy
-    argmax_ptr, conf_ptr, label_prob_ptr, ce_ptr, entropy_ptr,  # (N,) outputs
-    t_argmax_ptr, kl_ptr, alpha_ptr,  # (N,) teacher outputs, or dummies
-    V, stride_row, stride_col, t_stride_row, t_stride_col,
-    HAS_TARGET: tl.constexpr, BLOCK_V: tl.constexpr, EVICT_PASS1: tl.constexpr,
-):
-    """One program per row: see the module docstring for the algorithm."""
-    row = tl.program_id(0).to(tl.int64)  # int64: row * stride can pass 2**31
-    label = tl.load(labels_ptr + row).to(tl.int64)
-    if (label >= 0) & (label < V):
-        row_ptr = logits_ptr + row * stride_row
-        t_row_ptr = target_ptr + row * t_stride_row
-        lanes = tl.arange(0, BLOCK_V)
-        m_run = tl.full([], NEG_INF, tl.float32)  # row max so far
-        m_ref = tl.zeros([], tl.float32)  # m_run * log2(e), 0 while m_run is -inf
-        s = tl.zeros([BLOCK_V], tl.float32)  # per lane: sum 2^t
-        a = tl.zeros([BLOCK_V], tl.float32)  # per lane: sum 2^t t
-        amax = tl.zeros([], tl.int32)
-        mt_run = tl.full([], NEG_INF, tl.float32)  # the teacher's, likewise
-        mt_ref = tl.zeros([], tl.float32)
-        st = tl.zeros([BLOCK_V], tl.float32)
-        t_amax = tl.zeros([], tl.int32)
-        # ---- pass 1: full blocks without a mask, then the ragged tail with one ----
-        v_full = (V // BLOCK_V) * BLOCK_V
-        for start in range(0, v_full, BLOCK_V):
-            cols = start + lanes
-            z = tl.load(row_ptr + cols * stride_col, eviction_policy=EVICT_PASS1)
-            m_run, m_ref, s, a, amax = _online_block(z.to(tl.float32), cols, m_run, m_ref,
-                                                     s, a, amax, V)
-            if HAS_TARGET:
-                tz = tl.load(t_row_ptr + cols * t_stride_col, eviction_policy=EVICT_PASS1)
-                mt_run, mt_ref, st, t_amax = _online_block_sum(tz.to(tl.float32), cols,
-                                                               mt_run, mt_ref, st, t_amax, V)
-        if v_full < V:
-            cols = v_full + lanes
-            inb = cols < V
-            z = tl.load(row_ptr + cols * stride_col, mask=inb, other=NEG_INF)
-            m_run, m_ref, s, a, amax = _online_block(z.to(tl.float32), cols, m_run, m_ref,
-                                                     s, a, amax, V)
-            if HAS_TARGET:
-                tz = tl.load(t_row_ptr + cols * t_stride_col, mask=inb, other=NEG_INF)
-                mt_run, mt_ref, st, t_amax = _online_block_sum(tz.to(tl.float32), cols,
-                                                               mt_run, mt_ref, st, t_amax, V)
-        # ---- the row's statistics (base 2 inside, nats out) ----
-        big_s = tl.sum(s, axis=0)
-        log2_s = tl.log2(big_s)
-        lse2 = m_ref + log2_s  # log-normaliser in base 2, against the same reference
-        z_label = tl.load(row_ptr + label * stride_col).to(tl.float32)  # the one label read
-        log2_p_label = z_label * LOG2E - lse2  # -inf if its logit is -inf
-        tl.store(argmax_ptr + row, amax.to(tl.int64))
-        tl.store(conf_ptr + row, tl.exp2(m_run * LOG2E - lse2))
-        tl.store(label_prob_ptr + row, tl.exp2(log2_p_label))
-        tl.store(ce_ptr + row, -log2_p_label * LN2)
-        tl.store(entropy_ptr + row, (log2_s - tl.sum(a, axis=0) / big_s) * LN2)
-        if HAS_TARGET:
-            lse2_t = mt_ref + tl.log2(tl.sum(st, axis=0))
-            # ---- pass 2: both normalisers known; newest blocks first (likeliest in L2) ----
-            kl = tl.zeros([BLOCK_V], tl.float32)
-            alpha = tl.zeros([BLOCK_V], tl.float32)
-            if v_full < V:
-                cols = v_full + lanes
-                inb = cols < V
-                z = tl.load(row_ptr + cols * stride_col, mask=inb, other=NEG_INF)
-                tz = tl.load(t_row_ptr + cols * t_stride_col, mask=inb, other=NEG_INF)
-                kl, alpha = _kl_alpha_block(z.to(tl.float32), tz.to(tl.float32), lse2, lse2_t,
-                                            kl, alpha)
-            for start in range(v_full - BLOCK_V, -1, -BLOCK_V):
-                cols = start + lanes
-                z = tl.load(row_ptr + cols * stride_col, eviction_policy="evict_first")
-                tz = tl.load(t_row_ptr + cols * t_stride_col, eviction_policy="evict_first")
-                kl, alpha = _kl_alpha_block(z.to(tl.float32), tz.to(tl.float32), lse2, lse2_t,
-                                            kl, alpha)
-            tl.store(t_argmax_ptr + row, t_amax.to(tl.int64))
-            tl.store(kl_ptr + row, tl.sum(kl, axis=0) * LN2)
-            tl.store(alpha_ptr + row, tl.sum(alpha, axis=0))
+@dataclass
+class _Plan:
+    """What a layout needs to launch, computed once per layout (shapes, strides, flags)."""
+
+    ints: tuple  # n_tokens, D1, D2, V, ignore_index and the five tensors' strides
+    constexprs: tuple  # G ... EVICT_PASS1, in the kernel's order
+    n_tokens: int
+    num_warps: int
+    num_stages: int
+    per_sm: int  # programs per multiprocessor of the persistent grid; -1: one per token
+    device: int
+    programs: int = 0  # the grid, once known
+
+
+_PLANS: dict = {}
+MAX_PROGRAMS_PER_SM = 32  # the hardware's resident-block limit on sm_80 / sm_90
+
+
+def _tensor_key(t: Tensor | None) -> tuple:
+    return () if t is None else (t.dtype, t.shape, t.stride())
+
+
+def _plan(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | None,
+          grad: Tensor | None, n_groups: int, ignore_index: int, flags: tuple,
+          cap: float | None, config: TritonConfig | None) -> _Plan | None:
+    """The launch plan of a layout, cached; None when the leading axes do not merge."""
+    key = (_tensor_key(logits), _tensor_key(labels), _tensor_key(mask), _tensor_key(target),
+           _tensor_key(grad), n_groups, ignore_index, flags, cap is not None, config,
+           logits.device, SHORT_MAX_VOCAB, SHORT_WARPS)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    n_lead = logits.dim() - (2 if n_groups > 1 else 1)
+    vocab = logits.shape[-1]
+    parts = [logits, labels] + [t for t in (mask, target, grad) if t is not None]
+    merged = _merge_lead(tuple(logits.shape[:n_lead]), [t.stride()[:n_lead] for t in parts])
+    if merged is None:
+        return None
+    n_tokens = merged[0][0] * merged[1][0] * merged[2][0]
+    lead = {id(t): [m[1][i] for m in merged] for i, t in enumerate(parts)}
+
+    def strides(t: Tensor | None, with_vocab: bool) -> list[int]:
+        if t is None:
+            return [0] * (5 if with_vocab else 4)
+        group = [t.stride(n_lead)] if n_groups > 1 else [0]
+        return lead[id(t)] + group + ([t.stride(-1)] if with_vocab else [])
+
+    has_mask, has_target, has_grad, scale_dtype, store_rows, fold, end_call = flags
+    scale_ptr = scale_dtype is not False
+    main = _pow2_at_most(vocab)
+    tail = 0 if main == vocab else max(16, _pow2_at_least(vocab - main))
+    short = vocab <= SHORT_MAX_VOCAB
+    if config is not None:
+        cfg = config
     else:
-        # Not valid: zeros, and no read of the row at all.
-        tl.store(argmax_ptr + row, tl.zeros([], tl.int64))
-        tl.store(conf_ptr + row, 0.0)
-        tl.store(label_prob_ptr + row, 0.0)
-        tl.store(ce_ptr + row, 0.0)
-        tl.store(entropy_ptr + row, 0.0)
-        if HAS_TARGET:
-            tl.store(t_argmax_ptr + row, tl.zeros([], tl.int64))
-            tl.store(kl_ptr + row, 0.0)
-            tl.store(alpha_ptr + row, 0.0)
+        cfg = TEACHER_CONFIG if has_target else FOLD_CONFIG if fold and not store_rows else \
+            DEFAULT_CONFIG
+    if short:
+        num_warps, num_stages, per_sm = SHORT_WARPS, 1, 0
+    else:
+        num_warps, num_stages, per_sm = cfg.num_warps, cfg.num_stages, cfg.programs_per_sm
+    ints = (n_tokens, merged[1][0], merged[2][0], vocab, ignore_index,
+            *strides(logits, True), *strides(labels, False), *strides(mask, False),
+            *strides(target, True), *strides(grad, True))
+    constexprs = (n_groups, _pow2_at_least(n_groups), has_mask, has_target, has_grad, scale_ptr,
+                  cap is not None, store_rows, fold, end_call, short,
+                  max(16, min(cfg.block_v, _pow2_at_least(vocab))), main, tail,
+                  "evict_last" if has_target or has_grad else "evict_first")
+    plan = _Plan(ints, constexprs, n_tokens, num_warps, num_stages, per_sm,
+                 logits.device.index or 0)
+    if len(_PLANS) > 256:  # bounded: layouts of a training run are few
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
 
 
-def _block_size(vocab_size: int, config: TritonConfig) -> int:
-    """The config's block, shrunk to the smallest power of two >= V (at least 16)."""
-    return max(16, min(config.block_v, 1 << (vocab_size - 1).bit_length()))
+def _grid(plan: _Plan, device: torch.device) -> int:
+    """Programs of the persistent grid: as many as can be resident at once (by registers,
+    once the kernel is compiled; 8 per multiprocessor before), or one per token."""
+    if _interpreting() or device.type != "cuda":
+        return min(max(plan.n_tokens, 1), 3)  # several, so the fold's ticket is exercised
+    if plan.per_sm < 0:
+        return max(plan.n_tokens, 1)
+    if plan.programs:
+        return min(max(plan.n_tokens, 1), plan.programs)
+    per_sm = plan.per_sm or 8
+    return min(max(plan.n_tokens, 1), _multiprocessors(plan.device) * per_sm)
+
+
+def _resident(kernel, num_warps: int) -> int:
+    """Programs of ``num_warps`` that fit on one multiprocessor by registers (65536 a
+    multiprocessor, allocated per warp in units of 256) and warps (64)."""
+    regs_per_warp = -(-max(int(kernel.n_regs), 1) * 32 // 256) * 256
+    return max(1, min(MAX_PROGRAMS_PER_SM, 64 // num_warps, 65536 // regs_per_warp // num_warps))
+
+
+def _run(plan: _Plan, device: torch.device, tensors: list, floats: tuple) -> None:
+    """Launch the kernel; the first launch of a persistent plan sizes its grid."""
+    args = (*tensors, *floats, *plan.ints, *plan.constexprs)
+    kernel = _rows_kernel[(_grid(plan, device),)](*args, num_warps=plan.num_warps,
+                                                  num_stages=plan.num_stages)
+    if (not plan.programs and plan.per_sm == 0 and device.type == "cuda"
+            and not _interpreting() and hasattr(kernel, "n_regs")):
+        plan.programs = _multiprocessors(plan.device) * _resident(kernel, plan.num_warps)
+
+
+def _launch(logits: Tensor, labels: Tensor, mask: Tensor | None, target: Tensor | None,
+            grad: Tensor | None, n_groups: int, ignore_index: int, *,
+            rows: dict[str, Tensor] | None, fold: tuple[Tensor, ...] | None, last_chunk: bool,
+            cap: float | None, grad_scale: float | Tensor | None,
+            config: TritonConfig | None) -> bool:
+    """One launch over logits (*lead, [G], V); False when the layout has too many axes."""
+    scale_is_ptr = isinstance(grad_scale, Tensor)
+    flags = (mask is not None, target is not None, grad is not None,
+             grad_scale.dtype if scale_is_ptr else False, rows is not None, fold is not None,
+             last_chunk)
+    plan = _plan(logits, labels, mask, target, grad, n_groups, ignore_index, flags, cap, config)
+    if plan is None:
+        return False
+    dummy = labels
+    out = rows or {}
+    tensors = [logits, labels, dummy if mask is None else mask,
+               logits if target is None else target, logits if grad is None else grad,
+               *(out.get(k, dummy) for k in _ROW_OUTPUTS), *(fold or (dummy,) * 4),
+               grad_scale if scale_is_ptr else dummy]
+    floats = (1.0 if grad_scale is None or scale_is_ptr else float(grad_scale),
+              1.0 if cap is None else float(cap))
+    _run(plan, logits.device, tensors, floats)
+    return True
+
+
+_ROW_OUTPUTS = ("valid", "finite", "argmax", "conf", "label_prob", "ce", "entropy",
+                "teacher_argmax", "kl", "alpha")
+
+
+def _as_bytes(mask: Tensor | None) -> Tensor | None:
+    """A bool mask as uint8 (one byte a row, the same memory), for the kernel."""
+    return None if mask is None else (mask.view(torch.uint8) if mask.dtype == torch.bool
+                                      else mask)
 
 
 def row_stats_triton(
     logits: Tensor,
-    safe_labels: Tensor,
-    valid: Tensor,
+    labels: Tensor,
     *,
+    mask: Tensor | None = None,
+    ignore_index: int = -100,
     target_logits: Tensor | None = None,
+    grad_out: Tensor | None = None,
+    logit_softcap: float | None = None,
+    grad_scale: float | Tensor | None = None,
+    fold: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    last_chunk: bool = True,
     config: TritonConfig | None = None,
 ) -> RowStats:
-    """Token statistics of ``logits`` (N, V) with the fused Triton kernel.
+    """Row statistics of ``logits`` (N, V) against raw ``labels`` (N,) in one launch.
 
-    ``safe_labels`` (N,) int64 and ``valid`` (N,) bool come from ``token_stats.valid_rows``.
-    Any strides are read in place (no copy). Allocates only the N-length outputs and
-    never synchronises with the host. Use ``token_stats.row_stats``, which checks the
-    arguments; call this directly to pick a ``config``.
+    ``fold`` (a stream's (sums, calibration, counters, scratch), kernels.token_sums) also
+    adds every row to that state, as `token_sums.accumulate_rows` does. Any strides are
+    read in place. Allocates only the N-length outputs; never synchronises with the
+    host. Use ``token_stats.row_stats``, which checks the arguments; call this directly
+    to fold or to pick a ``config``.
     """
-    cfg = DEFAULT_CONFIG if config is None else config
-    n, vocab = logits.shape
+    if triton is None:
+        raise ValueError("backend='triton' needs the `triton` package (pip install triton)")
+    n = logits.shape[0]
     device = logits.device
     has_target = target_logits is not None
 
-    def f32() -> Tensor:
-        return torch.empty(n, dtype=torch.float32, device=device)
+    def new(dtype: torch.dtype) -> Tensor:
+        return torch.empty(n, dtype=dtype, device=device)
 
-    argmax = torch.empty(n, dtype=torch.int64, device=device)
-    conf, label_prob, ce, entropy = f32(), f32(), f32(), f32()
-    t_argmax = torch.empty(n, dtype=torch.int64, device=device) if has_target else None
-    kl = f32() if has_target else None
-    alpha = f32() if has_target else None
-    if n > 0:
-        target = target_logits if has_target else logits  # a dummy pointer without teacher
-        labels = safe_labels if safe_labels.is_contiguous() else safe_labels.contiguous()
-        if triton is None:
-            raise ValueError("backend='triton' needs the `triton` package (pip install triton)")
-        _token_stats_kernel[(n,)](
-            logits, labels, target,
-            argmax, conf, label_prob, ce, entropy,
-            t_argmax if has_target else argmax, kl if has_target else conf,
-            alpha if has_target else conf,
-            vocab, logits.stride(0), logits.stride(1), target.stride(0), target.stride(1),
-            HAS_TARGET=has_target, BLOCK_V=_block_size(vocab, cfg),
-            EVICT_PASS1="evict_last" if has_target else "evict_first",
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-    return RowStats(
-        valid=valid, argmax=argmax, conf=conf, label_prob=label_prob, ce=ce,
-        entropy=entropy, teacher_argmax=t_argmax, kl=kl, alpha=alpha,
-    )
+    names = ["valid", "finite", "argmax", "conf", "label_prob", "ce", "entropy"]
+    dtypes = [torch.int8, torch.int8, torch.int64] + [torch.float32] * 4
+    if has_target:
+        names += ["teacher_argmax", "kl", "alpha"]
+        dtypes += [torch.int64, torch.float32, torch.float32]
+    rows = {name: new(dtype) for name, dtype in zip(names, dtypes)}
+    if n > 0 or fold is not None:
+        _launch(logits, labels, _as_bytes(mask), target_logits, grad_out, 1, ignore_index,
+                rows=rows, fold=fold, last_chunk=last_chunk, cap=logit_softcap,
+                grad_scale=grad_scale, config=config)
+    rows["valid"] = rows["valid"].view(torch.bool)
+    rows["finite"] = rows["finite"].view(torch.bool)
+    return RowStats(**rows)
+
+
+def fold_triton(
+    logits: Tensor,
+    labels: Tensor,
+    mask: Tensor | None,
+    target_logits: Tensor | None,
+    n_groups: int,
+    fold: tuple[Tensor, Tensor, Tensor, Tensor],
+    ignore_index: int = -100,
+    *,
+    last_chunk: bool = True,
+    config: TritonConfig | None = None,
+) -> bool:
+    """Fold logits (*lead, [G], V) with labels (*lead, [G]) into a stream's state, one launch.
+
+    No per-row output. Returns False (and does nothing) when the leading axes do not
+    merge into three; the caller then splits along the first axis.
+    """
+    return _launch(logits, labels, _as_bytes(mask), target_logits, None, n_groups,
+                   ignore_index, rows=None, fold=fold, last_chunk=last_chunk, cap=None,
+                   grad_scale=None, config=config)

@@ -1,12 +1,14 @@
 """Token statistics per stream and group: what the model predicts and whether its
 confidence is deserved, accumulated on the device and turned into metrics at the flush.
 
-`update` runs the fused pass (`kernels.token_stats.row_stats`) over the logits and
-adds per-row results into fixed-size float64 sums: per group (draft position, audio
-codebook, or one group) the columns of `SUMS`, a [G, 10, 3] calibration table, and
-per-stream counters. Nothing is read back until the flush, and the logits are not
-kept after the call. `compute` pools the window's sums (and, through the run's one
-all_reduce, the ranks' sums) into ratios: never an average of per-batch ratios.
+`update` (behind `Run.observe`) and `observe_rows` (behind a fused linear
+cross-entropy, which hands over one chunk of rows at a time) run the row-statistics
+core (`kernels.token_stats`) and fold every row into fixed-size float64 sums laid out
+by `kernels.token_sums`: per group (draft position, audio codebook, or one group) the
+columns of `SUMS`, a [G, 10, 3] calibration table, and per-stream counters. Nothing is
+read back until the flush, and the logits are not kept after the call. `compute`
+pools the window's sums (and, through the run's one all_reduce, the ranks' sums) into
+ratios: never an average of per-batch ratios.
 """
 
 from __future__ import annotations
@@ -17,23 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from trainspect.kernels.token_sums import COL, COUNTERS, CTR, N_BINS, SUMS
+from trainspect.probes.token_layout import fold_triton_batch, pad_like, padded_rows, row_blocks
 from trainspect.records import Alert, Matrix, Scalar
-
-N_BINS = 10  # calibration bins of width 0.1; a confidence of exactly 1.0 goes in the last
-CONFIDENT = 0.5  # "confidently wrong": wrong with top-1 probability above this
-
-# Per-group sums, one column each (float64: exact counts up to 2**53 tokens).
-SUMS = (
-    "tokens",  # supervised tokens
-    "correct", "confident_wrong", "ce", "entropy", "conf", "label_prob",
-    "teacher_agree", "kl", "alpha",  # with target_logits
-    "chain_correct",  # tokens whose positions 0..g are all correct (groups = draft positions)
-    "chain_base",  # tokens whose positions 0..g-1 are all correct and g is supervised
-)
-COL = {name: i for i, name in enumerate(SUMS)}
-# Per-stream counters.
-COUNTERS = ("calls", "empty_calls", "bad_labels", "teacher_calls")
-CTR = {name: i for i, name in enumerate(COUNTERS)}
 
 
 @dataclass
@@ -46,9 +34,12 @@ class StreamState:
     sums: Any  # (G, len(SUMS)) float64
     calibration: Any  # (G, N_BINS, 3) float64: count, sum of conf, sum of correct
     counters: Any  # (len(COUNTERS),) float64
-    ce_ema: float | None = None
+    scratch: Any  # (len(SCRATCH),) float64, zero between calls; never flushed
+    ema_raw: float = 0.0  # the CE EMA before bias correction (starts at 0, as Adam's)
+    ema_weight: float = 0.0  # 1 - prod(decay): the weight the EMA has gathered so far
     ema_step: int | None = None
-    group_labels: list[str] = field(default_factory=list)
+    ema_first: bool = True  # the first window's weight waits for the second's span
+    alerted: set[str] = field(default_factory=set)  # alert rules already raised (once a run)
 
 
 class TokenProbe:
@@ -56,8 +47,9 @@ class TokenProbe:
 
     name = "tokens"
 
-    def __init__(self, ema_span_steps: int = 300) -> None:
+    def __init__(self, ema_span_steps: int = 300, backend: str = "auto") -> None:
         self.streams: dict[str, StreamState] = {}
+        self.backend = backend  # "auto": the Triton kernel on CUDA, the torch path elsewhere
         # EMA weight per step for a span of N steps, as pandas' `ewm(span=N)`.
         self.ema_alpha_per_step = 2.0 / (ema_span_steps + 1)
 
@@ -66,97 +58,103 @@ class TokenProbe:
     def update(self, stream: str, group: str | None, logits: Any, labels: Any, mask: Any,
                target_logits: Any, ignore_index: int = -100) -> None:
         """Add one batch. Shapes are checked by the caller; (..., G, V) when grouped."""
-
-        from trainspect.kernels.token_stats import row_stats
+        from trainspect.kernels.token_stats import resolve_backend
 
         vocab = logits.shape[-1]
         n_groups = logits.shape[-2] if group else 1
         state = self._state(stream, group, n_groups, vocab, logits.device)
-        padded = _padded_rows(logits, target_logits, n_groups)
+        if resolve_backend(self.backend, logits.device) == "triton":
+            fold_triton_batch(logits, labels, mask, target_logits, n_groups,
+                              self._tensors(state), ignore_index, True)
+        else:
+            self._update_torch(state, logits, labels, mask, target_logits, n_groups,
+                               ignore_index)
+
+    def _update_torch(self, state: StreamState, logits: Any, labels: Any, mask: Any,
+                      target_logits: Any, n_groups: int, ignore_index: int) -> None:
+        """The torch path: per-row statistics of 2-D views, then the torch fold."""
+        from trainspect.kernels.token_stats import row_stats
+        from trainspect.kernels.token_sums import accumulate_rows
+
+        padded = padded_rows(logits, target_logits, n_groups)
         if padded is not None:  # e.g. logits[:, :-1]: one 2-D view with gap rows, ignored
             rows, teacher, row_strides = padded
             blocks = [(rows, teacher)]
-            label_rows = _pad_like(labels, row_strides, rows.shape[0], ignore_index)
-            mask_rows = None if mask is None else _pad_like(mask, row_strides, rows.shape[0],
-                                                            False)
+            label_rows = pad_like(labels, row_strides, rows.shape[0], ignore_index)
+            mask_rows = None if mask is None else pad_like(mask, row_strides, rows.shape[0],
+                                                           False)
         else:
-            blocks = _row_blocks(logits, target_logits)  # (n_i, V) views, no copy
+            blocks = row_blocks(logits, target_logits)  # (n_i, V) views, no copy
             label_rows = labels.reshape(-1)
             mask_rows = None if mask is None else mask.reshape(-1)
-        parts, start = [], 0
-        for block, teacher_block in blocks:
+        start = 0
+        for i, (block, teacher_block) in enumerate(blocks):
             stop = start + block.shape[0]
-            parts.append(row_stats(
-                block, label_rows[start:stop], target_logits=teacher_block,
-                mask=None if mask_rows is None else mask_rows[start:stop],
-                ignore_index=ignore_index,
-            ))
+            block_labels = label_rows[start:stop]
+            block_mask = None if mask_rows is None else mask_rows[start:stop]
+            stats = row_stats(block, block_labels, target_logits=teacher_block,
+                              mask=block_mask, ignore_index=ignore_index, backend="torch")
+            accumulate_rows(self._tensors(state), stats, block_labels, block_mask, n_groups,
+                            ignore_index, logits.shape[-1], last_chunk=i == len(blocks) - 1)
             start = stop
-        stats = parts[0] if len(parts) == 1 else _cat(parts)
 
-        self._accumulate(state, stats, label_rows, mask_rows, n_groups, ignore_index)
+    def observe_rows(self, stream: str, logits: Any, labels: Any, *, mask: Any = None,
+                     target_logits: Any = None, ignore_index: int = -100,
+                     grad_out: Any = None, logit_softcap: float | None = None,
+                     grad_scale: Any = None, last_chunk: bool = True,
+                     backend: str | None = None) -> Any:
+        """Fold one chunk of rows (N, V) with labels (N,) into `stream`; return its RowStats.
+
+        The entry point of a fused linear cross-entropy (docs/architecture.md, "The
+        row-statistics core"): the same pass gives the per-row statistics (ce for the
+        loss, `finite`, ...), writes the gradient into `grad_out` when given, and folds
+        every row into the stream's sums exactly as `update` does (on CUDA, in the same
+        launch). `last_chunk=False` says more chunks of the same batch follow; the batch
+        is counted as one call (calls, empty batches, teacher calls) at its last chunk.
+        Raises ValueError for bad arguments or a stream first observed with another
+        layout.
+        """
+        from trainspect.kernels.token_stats import check_arguments, resolve_backend, row_stats
+        from trainspect.kernels.token_sums import accumulate_rows
+
+        check_arguments(logits, labels, target_logits=target_logits, mask=mask,
+                        grad_out=grad_out, logit_softcap=logit_softcap, grad_scale=grad_scale)
+        vocab = logits.shape[-1]
+        known = self.streams.get(stream)
+        if known is not None and (known.group is not None or known.vocab_size != vocab):
+            raise ValueError(f"stream {stream!r} was first observed with group="
+                             f"{known.group!r} and V={known.vocab_size}; rows of V={vocab} "
+                             f"need a stream of their own")
+        state = self._state(stream, None, 1, vocab, logits.device)
+        chosen = resolve_backend(backend or self.backend, logits.device)
+        if chosen == "triton":
+            from trainspect.kernels.token_stats_triton import row_stats_triton
+
+            return row_stats_triton(
+                logits, labels, mask=mask, ignore_index=ignore_index,
+                target_logits=target_logits, grad_out=grad_out,
+                logit_softcap=None if logit_softcap is None else float(logit_softcap),
+                grad_scale=grad_scale, fold=self._tensors(state), last_chunk=last_chunk)
+        stats = row_stats(logits, labels, target_logits=target_logits, mask=mask,
+                          ignore_index=ignore_index, backend="torch", grad_out=grad_out,
+                          logit_softcap=logit_softcap, grad_scale=grad_scale)
+        accumulate_rows(self._tensors(state), stats, labels, mask, 1, ignore_index, vocab,
+                        last_chunk=last_chunk)
+        return stats
 
     @staticmethod
-    def _accumulate(state: StreamState, stats: Any, labels: Any, mask: Any, n_groups: int,
-                    ignore_index: int) -> None:
-        """Fold per-row results into the sums: about twenty small kernels, no sync.
-
-        The kernel already writes 0 to every output of a row that is not valid, so
-        sums of ce, entropy, conf and label_prob need no masking here.
-        """
-        import torch
-
-        valid = stats.valid
-        correct = (stats.argmax == labels) & valid  # (N,) bool
-        flags = torch.stack([valid, correct, (stats.conf > CONFIDENT) & valid & ~correct], 1)
-        columns = [flags.to(torch.float32), stats.ce[:, None], stats.entropy[:, None],
-                   stats.conf[:, None], stats.label_prob[:, None]]
-        if stats.kl is not None:
-            agree = (stats.argmax == stats.teacher_argmax) & valid
-            columns += [agree[:, None].to(torch.float32), stats.kl[:, None],
-                        stats.alpha[:, None]]
-        per_row = torch.cat(columns, dim=1).to(torch.float64)  # (N, K): the first K of SUMS
-        sums = per_row.view(-1, n_groups, per_row.shape[1]).sum(dim=0)  # (G, K)
-        state.sums[:, :sums.shape[1]] += sums
-        if n_groups > 1:  # chains over positions: token t's positions are consecutive rows
-            hits = per_row[:, 1].view(-1, n_groups)  # (M, G) correct
-            chain = torch.cumprod(hits, dim=1)
-            base = torch.cat([torch.ones_like(chain[:, :1]), chain[:, :-1]], dim=1)
-            state.sums[:, COL["chain_correct"]] += chain.sum(dim=0)
-            state.sums[:, COL["chain_base"]] += (base * per_row[:, 0].view(-1, n_groups)).sum(0)
-        else:
-            state.sums[:, COL["chain_correct"]] += sums[:, 1]
-            state.sums[:, COL["chain_base"]] += sums[:, 0]
-
-        bins = (stats.conf * N_BINS).to(torch.int64).clamp_(0, N_BINS - 1)  # 1.0: last bin
-        if n_groups > 1:
-            bins += (torch.arange(bins.numel(), device=bins.device) % n_groups) * N_BINS
-        cells = torch.stack([per_row[:, COL["tokens"]], per_row[:, COL["conf"]],
-                             per_row[:, COL["correct"]]], dim=1)  # (N, 3)
-        state.calibration.view(-1, 3).index_add_(0, bins, cells)
-
-        raw = labels.to(torch.int64)
-        bad = (raw != ignore_index) & ~valid  # supervised-looking label the kernel refused
-        if mask is not None:
-            bad &= mask.to(torch.bool)
-        tokens = sums[:, 0].sum()
-        one = torch.ones_like(tokens)
-        state.counters += torch.stack([one, (tokens == 0).to(torch.float64),
-                                       bad.sum().to(torch.float64),
-                                       one if stats.kl is not None else one * 0])
+    def _tensors(state: StreamState) -> tuple[Any, Any, Any, Any]:
+        return state.sums, state.calibration, state.counters, state.scratch
 
     def _state(self, stream: str, group: str | None, n_groups: int, vocab: int,
                device: Any) -> StreamState:
-        import torch
+        from trainspect.kernels.token_sums import new_state
 
         state = self.streams.get(stream)
         if state is None:
-            state = StreamState(
-                group=group, n_groups=n_groups, vocab_size=vocab,
-                sums=torch.zeros(n_groups, len(SUMS), dtype=torch.float64, device=device),
-                calibration=torch.zeros(n_groups, N_BINS, 3, dtype=torch.float64, device=device),
-                counters=torch.zeros(len(COUNTERS), dtype=torch.float64, device=device),
-            )
+            sums, calibration, counters, scratch = new_state(n_groups, device)
+            state = StreamState(group=group, n_groups=n_groups, vocab_size=vocab, sums=sums,
+                                calibration=calibration, counters=counters, scratch=scratch)
             self.streams[stream] = state
         return state
 
@@ -176,7 +174,7 @@ class TokenProbe:
         for i, (name, s) in enumerate(list(self.streams.items())[: len(arrays) // 3]):
             sums = arrays[3 * i].reshape(s.n_groups, len(SUMS))
             calibration = arrays[3 * i + 1].reshape(s.n_groups, N_BINS, 3)
-            counters = arrays[3 * i + 2]
+            counters = arrays[3 * i + 2].reshape(len(COUNTERS))
             records.extend(self._stream_records(name, s, sums, calibration, counters, step,
                                                 wall_time))
         return records
@@ -187,9 +185,13 @@ class TokenProbe:
         if counters[CTR["calls"]] == 0:
             return []  # not observed in this window
         has_teacher = counters[CTR["teacher_calls"]] > 0
+        nonfinite = int(counters[CTR["nonfinite_rows"]])
+        bad = int(counters[CTR["bad_labels"]])
         out: dict[str, float] = {
             "supervised_tokens": float(sums[:, COL["tokens"]].sum()),
             "empty_mask_batches": float(counters[CTR["empty_calls"]]),
+            "nonfinite_rows": float(nonfinite),
+            "out_of_range_labels": float(bad),
         }
         out.update(ratios(sums.sum(axis=0), calibration.sum(axis=0), has_teacher))
         if "ce" in out:
@@ -212,12 +214,29 @@ class TokenProbe:
             row_labels=[f"{b / N_BINS:.1f}-{(b + 1) / N_BINS:.1f}" for b in range(N_BINS)],
             col_labels=["count", "sum_conf", "sum_correct"], wall_time=wall_time,
         ))
-        bad = int(counters[CTR["bad_labels"]])
-        if bad:
+        if nonfinite and "logits_nonfinite" not in s.alerted:
+            s.alerted.add("logits_nonfinite")
+            kept = int(out["supervised_tokens"])
+            records.append(Alert(
+                step=step, rule="logits_nonfinite", level="critical",
+                message=f"stream '{stream}', step {step}: {nonfinite} supervised rows of the "
+                        f"logits had NaN or inf values in this window and were left out of "
+                        f"the token statistics ({kept} rows kept; {stream}/nonfinite_rows "
+                        f"counts them per window; this alert is shown once)",
+                action="The loss is likely NaN too: check for overflow (fp16 without a loss "
+                       "scaler, a learning rate that is too high), see grad/norm and "
+                       "hidden/*/nonfinite around this step, and restart from the last "
+                       "finite checkpoint.",
+                wall_time=wall_time,
+            ))
+        if bad and "labels_out_of_range" not in s.alerted:
+            s.alerted.add("labels_out_of_range")
             records.append(Alert(
                 step=step, rule="labels_out_of_range", level="critical",
-                message=f"stream '{stream}': {bad} labels in this window were outside "
-                        f"[0, {s.vocab_size}) and not -100; they were ignored",
+                message=f"stream '{stream}', step {step}: {bad} labels in this window were "
+                        f"outside [0, {s.vocab_size}) and not the ignore index; they were "
+                        f"ignored ({stream}/out_of_range_labels counts them per window; "
+                        f"this alert is shown once)",
                 action="Check the label construction: the vocabulary size of the head "
                        f"({s.vocab_size}) must cover every label id, and padding must be -100.",
                 wall_time=wall_time,
@@ -225,19 +244,42 @@ class TokenProbe:
         return records
 
     def _ema(self, s: StreamState, ce: float, step: int) -> float:
-        """EMA of the window CE, weighted by the steps the window spans."""
-        if s.ce_ema is None or s.ema_step is None or not math.isfinite(s.ce_ema):
-            s.ce_ema = ce
-        else:
-            span = max(step - s.ema_step, 1)
-            alpha = 1.0 - (1.0 - self.ema_alpha_per_step) ** span
-            s.ce_ema = alpha * ce + (1.0 - alpha) * s.ce_ema
+        """Bias-corrected EMA of the window CE, weighted by the steps each window spans.
+
+        As Adam's moments: the raw EMA starts at 0 and is divided by the weight it has
+        gathered, 1 - prod(decay), so a short run's EMA is the weighted mean of its
+        windows so far rather than its first window. A window spans the steps since the
+        previous one; the first, whose start is unknown, counts as long as the second
+        (the first window's EMA is its CE whatever its span). A window whose CE is not
+        finite is left out. Nothing here depends on the number of ranks.
+        """
+        if not math.isfinite(ce):
+            return s.ema_raw / s.ema_weight if s.ema_weight > 0 else ce
+        beta = 1.0 - self.ema_alpha_per_step
+        if s.ema_step is None:  # the first window: its EMA is its CE
+            s.ema_raw, s.ema_weight, s.ema_step = ce, 1.0, step
+            return ce
+        span = max(step - s.ema_step, 1)
+        decay = beta**span
+        if s.ema_first:  # the second window: give the first the same span, now known
+            s.ema_raw, s.ema_weight, s.ema_first = (1.0 - decay) * s.ema_raw, 1.0 - decay, False
+        s.ema_raw = decay * s.ema_raw + (1.0 - decay) * ce
+        s.ema_weight = 1.0 - (1.0 - s.ema_weight) * decay
         s.ema_step = step
-        return s.ce_ema
+        return s.ema_raw / s.ema_weight
+
+
+def token_probe(run: Any) -> TokenProbe:
+    """The run's token probe (the one behind `run.observe`), attached on first use."""
+    probe = run.probe(TokenProbe.name)
+    if probe is None:
+        probe = run.add_probe(TokenProbe())
+    return probe
 
 
 def ratios(sums: np.ndarray, calibration: np.ndarray, has_teacher: bool) -> dict[str, float]:
-    """Metrics of docs/architecture.md's metric table from pooled sums of one group (or all groups)."""
+    """Metrics of docs/architecture.md's metric table from the pooled sums of one group
+    (or of all groups)."""
     n = sums[COL["tokens"]]
     if n == 0:
         return {}
@@ -286,76 +328,3 @@ def acceptance(sums: np.ndarray) -> dict[str, float]:
         "accept_len": float(np.cumprod(acc).sum()),
         "accept_len_tokens": float(sums[:, COL["chain_correct"]].sum() / tokens[0]),
     }
-
-
-def _padded_rows(logits: Any, target: Any, n_groups: int) -> tuple[Any, Any, list[int]] | None:
-    """A 2-D (rows, V) view over a sliced tensor, with the rows the slice skipped left in.
-
-    `logits[:, :-1]` of a contiguous (B, T, V) tensor has no 2-D view, but its rows sit
-    at a constant stride in memory: viewed as (B*T - 1, V), it is the sliced tensor plus
-    one skipped row per sequence. Those gap rows get the ignore label and cost the
-    kernel next to nothing, and the pass stays one launch over all rows. Returns the
-    view, the teacher's matching view, and each leading axis's stride in rows; None
-    when the layout does not allow it (then the caller splits along the first axis).
-    """
-    if logits.dim() < 3 or logits.stride(-1) != 1 or min(logits.stride()[:-1]) <= 0:
-        return None  # e.g. expanded (stride-0) logits: split along the first axis instead
-    row = logits.stride(-2)
-    strides = [st // row for st in logits.stride()[:-1]]
-    if row < logits.shape[-1] or any(st % row for st in logits.stride()[:-1]):
-        return None
-    for outer, inner, extent in zip(strides, strides[1:], logits.shape[1:-1]):
-        if inner == 0 or outer % inner or outer // inner < extent:
-            return None
-    if n_groups > 1 and logits.dim() >= 4 and strides[-2] != n_groups:
-        return None  # the group axis itself is sliced: row % G would not be the group
-    if target is not None and (target.stride() != logits.stride()):
-        return None
-    n_rows = 1 + sum((d - 1) * st for d, st in zip(logits.shape[:-1], strides))
-    if n_groups > 1 and n_rows % n_groups:
-        return None
-
-    def view(x: Any) -> Any:
-        return x.as_strided((n_rows, x.shape[-1]), (row, 1), x.storage_offset())
-
-    return view(logits), None if target is None else view(target), strides
-
-
-def _pad_like(values: Any, row_strides: list[int], n_rows: int, fill: Any) -> Any:
-    """`values` (the leading shape of the logits) laid out at the padded view's rows."""
-    import torch
-
-    size = values.shape[0] * row_strides[0]
-    padded = torch.full((size,), fill, dtype=values.dtype, device=values.device)
-    padded.as_strided(tuple(values.shape), tuple(row_strides)).copy_(values)
-    return padded[:n_rows]
-
-
-def _row_blocks(logits: Any, target: Any) -> list[tuple[Any, Any]]:
-    """(..., V) as 2-D row blocks without copying: one view if possible, else per slice.
-
-    `logits[:, :-1]` of a contiguous (B, T, V) tensor has no 2-D view; reshaping it
-    would copy the whole tensor, so it is split along its first axis instead. The
-    teacher's logits are split the same way, whatever their own strides.
-    """
-    vocab = logits.shape[-1]
-    try:
-        return [(logits.view(-1, vocab), None if target is None else target.view(-1, vocab))]
-    except RuntimeError:
-        if logits.dim() <= 2:
-            return [(logits.reshape(-1, vocab), None if target is None else
-                     target.reshape(-1, vocab))]
-        return [pair for i in range(logits.shape[0])
-                for pair in _row_blocks(logits[i], None if target is None else target[i])]
-
-
-def _cat(parts: list[Any]) -> Any:
-    import torch
-
-    from trainspect.kernels.token_stats import RowStats
-
-    def join(name: str) -> Any:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat(values)
-
-    return RowStats(**{name: join(name) for name in RowStats.__dataclass_fields__})

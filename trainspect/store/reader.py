@@ -294,6 +294,15 @@ class RunView(RunFile):
 class Reader:
     """All runs under one runs directory (`ts.open(dir)`)."""
 
+    def __new__(cls, dir: str | os.PathLike | None = None):
+        from trainspect.store.server.connect import is_store_url
+
+        if cls is Reader and is_store_url(dir):  # a team store: `--store URL`
+            from trainspect.store.server.reader import ServerReader
+
+            return ServerReader(str(dir))
+        return super().__new__(cls)
+
     def __init__(self, dir: str | os.PathLike | None = None) -> None:
         self.root = runs_dir(dir)
         if not self.root.is_dir():
