@@ -18,7 +18,7 @@ What it prints:
    operators (a `TorchDispatchMode`), Python calls into trainspect's files
    (`sys.setprofile`), training-thread CPU time, then CPU time inside each timed
    phase: every public method of each probe on the training thread ("hidden.output",
-   "lora.state", ...), watch's own hook code around them ("watch hooks"), the rest of
+   "lora.state", ...), watch's own hook methods ("watch _on_hidden", ...), the rest of
    the flush, `run.log`; and per flush on the writer thread: each probe's `compute`,
    the rest of the flush jobs, the alert rules and other observers ("observers"),
    records made columns and packed into chunks ("pack"), SQLite ("sqlite", run with
@@ -28,7 +28,13 @@ What it prints:
    microseconds per step, the writer's extra GIL-holding microseconds per step (per
    flush / 10), and their share of the unwatched step. Hook machinery that no timed
    function sees (nn.Module's slow path with hooks, tensor hooks in the backward) is
-   measured apart (`machinery_us`) and added as its own row.
+   measured apart (`machinery_us`) and added as its own row. The timing's own cost is
+   taken off as measured in a tight loop (per timed call, and per timed call inside
+   another phase); in the middle of a step a clock read costs more (cold caches), so a
+   control (a timed forward hook that does nothing, after every decoder layer, in both
+   variants) says how much a timed call still records there; the "timed calls" column
+   says how many each row makes per step (watch's `_on_hidden`: 24, and 24 inside it),
+   so a row's figure can be weighed against that floor.
    `torch._foreach_norm` is a per-tensor loop on the CPU but a multi-tensor launch on
    a GPU: inside timed code its time is replaced by that of the same call on
    one-element tensors and shown in its own column (still more than a GPU's host
@@ -80,6 +86,7 @@ from trainspect.probes.lora import LoraProbe  # noqa: E402
 from trainspect.probes.speed import SpeedProbe  # noqa: E402
 
 LOG_EVERY = 10
+CONTROL = "control (a timed hook that does nothing)"
 PROBE_CLASSES = {"lora": LoraProbe, "grads": GradProbe, "hidden": HiddenProbe,
                  "speed": SpeedProbe}
 TRAINSPECT_DIR = str(Path(ts.__file__).resolve().parent)
@@ -134,35 +141,54 @@ class CallCounter:
 
 class TimedCalls:
     """CPU seconds (`time.thread_time`) inside chosen functions, by phase; a phase called
-    inside another is subtracted from it, so the phases add up to the outermost time."""
+    inside another is subtracted from it, so the phases add up to the outermost time.
+    The timing's own cost is taken out (`overhead`, `corrected`)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
+        self.nested: Counter[str] = Counter()  # timed calls made inside each phase
         self._saved: list[tuple] = []
         self._local = threading.local()
 
     @staticmethod
-    def overhead() -> float:
-        """Seconds a timed call of a function that does nothing records: reading the
-        thread's CPU clock is a system call of a microsecond or two, and a layer hook is
-        timed 24 times a step. Subtracted from every call's time (the least of 5 tries)."""
-        tries = []
+    def overhead(calls: int = 5000) -> tuple[float, float]:
+        """(seconds a timed call of a function that does nothing records, seconds a timed
+        call adds to the phase it is made in), the least of 5 tries in a tight loop.
+        Reading the thread's CPU clock is a system call of a microsecond or more, and a
+        layer hook is timed 24 times a step inside watch's own hook."""
+        own, nested = [], []
         for _ in range(5):
             clock = TimedCalls()
             nothing = clock.timed(lambda: None, "x")
-            for _ in range(5000):
-                nothing()
-            tries.append(clock.seconds["x"] / 5000)
-        return min(tries)
+
+            def plain() -> None:
+                return None
+
+            def call_timed(nothing=nothing) -> None:
+                for _ in range(calls):
+                    nothing()
+
+            def call_plain() -> None:
+                for _ in range(calls):
+                    plain()
+            clock.timed(call_timed, "timed")()
+            clock.timed(call_plain, "plain")()
+            own.append(clock.seconds["x"] / calls)
+            nested.append((clock.seconds["timed"] - clock.seconds["plain"]) / calls)
+        return min(own), max(min(nested), 0.0)
 
     def current(self) -> str | None:
         """The innermost phase this thread is in, or None."""
         names = getattr(self._local, "names", None)
         return names[-1] if names else None
 
-    def corrected(self, per_call: float) -> dict[str, float]:
-        return {k: v - self.calls[k] * per_call for k, v in self.seconds.items()}
+    def corrected(self, per_call: tuple[float, float]) -> dict[str, float]:
+        """Seconds per phase less `per_call` = (own, nested) for each timed call of the
+        phase and each timed call made inside it."""
+        own, nested = per_call
+        return {k: v - self.calls[k] * own - self.nested[k] * nested
+                for k, v in self.seconds.items()}
 
     def timed(self, fn, phase: str):
         clock = self
@@ -174,17 +200,19 @@ class TimedCalls:
                 stack = clock._local.stack = []
                 clock._local.names = []
             start = time.thread_time()
-            stack.append(0.0)
+            stack.append([0.0, 0])  # seconds and timed calls inside this one
             clock._local.names.append(phase)
             try:
                 return fn(*args, **kwargs)
             finally:
                 clock._local.names.pop()
-                inner = stack.pop()
+                inner, nested = stack.pop()
                 spent = time.thread_time() - start
                 clock.seconds[phase] += spent - inner
+                clock.nested[phase] += nested
                 if stack:
-                    stack[-1] += spent
+                    stack[-1][0] += spent
+                    stack[-1][1] += 1
         return wrapper
 
     def wrap(self, owner, name: str, phase: str) -> None:
@@ -280,7 +308,7 @@ def stand_in_foreach(clock: TimedCalls) -> Any:
         original(stand, ord, dtype=dtype)
         end = time.thread_time()
         clock.seconds[f"{clock.current()}#foreach"] += end - middle
-        stack[-1] += end - start  # the caller's phase excludes the real call
+        stack[-1][0] += end - start  # the caller's phase excludes the real call
         return result
 
     torch._foreach_norm = wrapper
@@ -326,15 +354,15 @@ def machinery_us(batches: int = 15, calls: int = 300) -> dict[str, float]:
 
 def time_training_thread() -> TimedCalls:
     """Time trainspect on the training thread: each probe's methods ("<probe>.<method>":
-    the hooks' work and `state`/`reset` at the flush), watch's hooks around them
-    ("watch hooks"), the rest of the flush ("flush") and `run.log` ("log")."""
+    the hooks' work and `state`/`reset` at the flush), watch's hook methods around
+    them ("watch _before", ...), the rest of the flush ("flush") and `run.log` ("log")."""
     from trainspect.probes.watch import Watch
     from trainspect.run import Run
 
     clock = TimedCalls()
     for name in ("_before", "_after", "_on_hidden", "_on_grad", "_on_output_grad",
                  "_requeue", "_backward_end"):
-        clock.wrap(Watch, name, "watch hooks")
+        clock.wrap(Watch, name, f"watch {name}")
     for probe, cls in PROBE_CLASSES.items():
         for name, fn in list(cls.__dict__.items()):
             if callable(fn) and not name.startswith("_") and name != "compute":
@@ -383,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     modules = [0]  # watched hidden modules
     per_call = TimedCalls.overhead()
     train_clock = time_training_thread()  # before any watch attaches (hooks bind methods)
+    # the control: a timed hook that does nothing after every decoder layer, in both
+    # variants: what a timed call costs in the middle of a step, not in a tight loop
+    control = train_clock.timed(lambda module, args, output: None, CONTROL)
+    for layer in model.base_model.model.model.layers:
+        layer.register_forward_hook(control)
     writer_clock, undo_writer = time_writer(run)
 
     def attach(watched: bool) -> None:
@@ -440,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         ops_at, calls_at = {}, {}
         names: Counter[str] = Counter()
         phases: Counter[str] = Counter()
+        timed_before = train_clock.calls + train_clock.nested
         for position in range(1, LOG_EVERY + 1):
             ops, calls = OpCounter(train_clock), CallCounter()
             sys.setprofile(calls)
@@ -451,9 +485,16 @@ def main(argv: list[str] | None = None) -> int:
             ops_at[position], calls_at[position] = sum(ops.ops.values()), calls.calls
             names.update(ops.ops)
             phases.update(ops.by_phase)
-        return {"ops": ops_at, "calls": calls_at, "names": names, "phases": phases}
+        timed_after = train_clock.calls + train_clock.nested
+        timed = {k: (timed_after[k] - timed_before[k]) / LOG_EVERY for k in timed_after}
+        return {"ops": ops_at, "calls": calls_at, "names": names, "phases": phases,
+                "timed_calls": timed}
 
-    count = {False: counted(False), True: counted(True)}
+    count: dict[Any, Any] = {False: counted(False), True: counted(True)}
+    calls_at = {w: count[w]["timed_calls"] for w in (False, True)}  # per step, nested too
+    count["extra_timed_calls_per_step"] = {  # watch's own timed calls (and those inside)
+        k: calls_at[True].get(k, 0.0) - calls_at[False].get(k, 0.0) for k in calls_at[True]}
+    count["control_calls_per_step"] = calls_at[True].get(CONTROL, 0.0)
 
     # 2. CPU time, alternating blocks
     undo_foreach = stand_in_foreach(train_clock)
@@ -482,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(args, count: dict, times: dict, direct: dict, writer: dict,
-              ratios: list[float], hidden_modules: int, per_call: float) -> dict:
+              ratios: list[float], hidden_modules: int, per_call: tuple[float, float]) -> dict:
     """Per-step figures of both variants, the extra cost per probe, the predictions."""
     steps = args.rounds * args.windows * LOG_EVERY  # timed steps per variant
     flushes = args.rounds * args.windows
@@ -510,9 +551,20 @@ def summarise(args, count: dict, times: dict, direct: dict, writer: dict,
     machinery = machinery_us()
     machinery_extra = ((hidden_modules + 2) * machinery["module hook"]
                        + 5 * machinery["tensor hook"])
+    # a timed call can cost more in the middle of a step than in `overhead`'s tight loop
+    # (the clock's system call with cold caches): the control hook shows how much, to
+    # weigh the rows that make many timed calls (not taken off: it varies from place
+    # to place, and a hook that runs right after the control's finds the caches warm)
+    control_calls = count["control_calls_per_step"]
+    excess = (direct_us[True].get(CONTROL, 0.0) + direct_us[False].get(CONTROL, 0.0)) / 2 \
+        / max(control_calls, 1.0)
+    train_extra.pop(CONTROL, None)
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for phase, us in by_probe(train_extra).items():
         rows[phase]["train_us"] += us
+    for phase, n in by_probe({k: v for k, v in count["extra_timed_calls_per_step"].items()
+                              if k != CONTROL}).items():
+        rows[phase]["timed_calls"] += n
     for phase, us in by_probe({k: v for k, v in train_extra.items() if "#" in k}).items():
         rows[phase]["foreach_us"] += us
     for phase, us in by_probe(writer_extra).items():
@@ -545,8 +597,11 @@ def summarise(args, count: dict, times: dict, direct: dict, writer: dict,
         "trainspect_train_thread_us_per_step": {str(w): direct_us[w] for w in both},
         "writer_us_per_flush": {str(w): writer_us[w] for w in both},
         "extra_per_step_by_probe": {k: dict(v) for k, v in rows.items()},
+        "in_step_excess_us_per_timed_call": excess,  # the control's
+        "timed_calls_per_step": {str(w): count[w]["timed_calls"] for w in both},
         "writer_sqlite_extra_us_per_step": sqlite_extra,
-        "machinery_us": machinery, "timing_overhead_us_per_call": per_call * 1e6,
+        "machinery_us": machinery, "timing_overhead_us": {"per_timed_call": per_call[0] * 1e6,
+                               "per_timed_call_inside_another": per_call[1] * 1e6},
         "block_ratio_mean": float(np.mean(ratios)),
         "block_ratio_ci95": bootstrap_interval(ratios, np.mean),
         "predicted_gpu_ratio_direct": 1.0 + own_extra / base,
@@ -587,26 +642,32 @@ def print_report(args, result: dict) -> None:
     base = result["train_us_per_step"]["False"]
     print(f"\n## where watch's extra cost goes, per step (unwatched step: {base:.0f} us of "
           f"training-thread CPU)")
-    print("| where | extra aten ops | training thread (us) | of which _foreach_norm "
-          "stand-in (us) | writer holding the GIL (us) | share of the step |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| where | extra aten ops | timed calls | training thread (us) | of which "
+          "_foreach_norm stand-in (us) | writer holding the GIL (us) | share of the step |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     rows = result["extra_per_step_by_probe"]
     for name in sorted(rows, key=lambda k: -rows[k]["share_pct"]):
         row = rows[name]
-        print(f"| {name} | {row.get('aten_ops', 0.0):.1f} | {row.get('train_us', 0.0):.1f} | "
-              f"{row.get('foreach_us', 0.0):.1f} | "
+        print(f"| {name} | {row.get('aten_ops', 0.0):.1f} | {row.get('timed_calls', 0.0):.1f} | "
+              f"{row.get('train_us', 0.0):.1f} | {row.get('foreach_us', 0.0):.1f} | "
               f"{row.get('writer_gil_us', 0.0):.1f} | {row['share_pct']:.2f}% |")
     total = {k: sum(r.get(k, 0.0) for r in rows.values())
-             for k in ("aten_ops", "train_us", "foreach_us", "writer_gil_us", "share_pct")}
-    print(f"| total | {total['aten_ops']:.1f} | {total['train_us']:.1f} | "
-          f"{total['foreach_us']:.1f} | "
+             for k in ("aten_ops", "timed_calls", "train_us", "foreach_us",
+                       "writer_gil_us", "share_pct")}
+    print(f"| total | {total['aten_ops']:.1f} | {total['timed_calls']:.1f} | "
+          f"{total['train_us']:.1f} | {total['foreach_us']:.1f} | "
           f"{total['writer_gil_us']:.1f} | {total['share_pct']:.2f}% |")
     ci = result["block_ratio_ci95"]
     machinery = result["machinery_us"]
     print(f"\nwriter in SQLite (GIL released): {result['writer_sqlite_extra_us_per_step']:.0f} "
           f"us per step; hook machinery measured at {machinery['module hook']:.1f} us per "
           f"module hook, {machinery['tensor hook']:.1f} us per tensor hook; timing overhead "
-          f"subtracted: {result['timing_overhead_us_per_call']:.2f} us per timed call")
+          f"subtracted: {result['timing_overhead_us']['per_timed_call']:.2f} us per timed "
+          f"call, {result['timing_overhead_us']['per_timed_call_inside_another']:.2f} us "
+          f"from its caller's phase, in a tight loop; in the step, a timed hook that does "
+          f"nothing after each layer (the control) still records "
+          f"{result['in_step_excess_us_per_timed_call']:.2f} us a call: read the timed-calls "
+          f"column with it")
     print(f"block ratio (training-thread CPU, mean of {args.rounds} rounds): "
           f"{result['block_ratio_mean']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]")
     ops_step = result["aten_ops_per_step"]
