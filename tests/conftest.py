@@ -10,6 +10,9 @@ def runs(tmp_path, monkeypatch):
     """A runs directory of the test's own, also set as $TRAINSPECT_DIR."""
     root = tmp_path / "runs"
     monkeypatch.setenv("TRAINSPECT_DIR", str(root))
+    # Tests compare what runs stored; timed system samples would make that depend on how
+    # long a test took. The tests of the sampler switch it on with system_metrics=.
+    monkeypatch.setenv("TRAINSPECT_SYSTEM_METRICS", "off")
     return root
 
 

@@ -60,12 +60,15 @@ class Run:
         webhook: str | None = None,
         exporters: Sequence[Any] = (),
         store: str | None = None,
+        system_metrics: bool | float | None = None,
     ) -> None:
         check_name(project, "project")
         check_counts(log_every, samples_every, num_samples)
+        from trainspect.probes.system import interval_of, start_sampler
         from trainspect.store.server.connect import store_url
 
         url = store_url(store)  # a team store to stream to, else $TRAINSPECT_STORE, else None
+        system_interval_s = interval_of(system_metrics)  # GPU, CPU, RAM, disk: probes/system
         self.project = project
         self.root = runs_dir(dir)
         self.tokenizer = tokenizer
@@ -134,6 +137,7 @@ class Run:
             from trainspect.store.server.attach import start_sync
 
             self.sync = start_sync(self, url)
+        self._system = start_sampler(self, system_interval_s if self._ranks.writes else None)
         lifecycle.register(self)
 
     # ---- opening the store ---------------------------------------------------------------
@@ -234,6 +238,9 @@ class Run:
         target_logits: Any = None,
         ignore_index: int = -100,
         token_names: dict[int, str] | None = None,
+        vocab_start: int | None = None,
+        vocab_size: int | None = None,
+        tp_group: Any = None,
     ) -> None:
         """Token statistics of one batch: what was predicted, how sure, how calibrated.
 
@@ -246,6 +253,10 @@ class Run:
         Every `samples_every` steps the first `num_samples` sequences are also kept
         token by token (see `run.samples`); `input_ids` give them their context and
         a stable id, `token_names` names special ids ({1025: "<eos>"}) of the stream.
+        Vocab-parallel logits (tensor parallel): a DTensor sharded on its last dim, or
+        this rank's [..., V/tp] columns with `vocab_start`, `vocab_size` (the whole V)
+        and `tp_group` (default every rank); the statistics are the whole logits'
+        (trainspect.probes.vocab_parallel).
         Only device work is queued here; nothing is read back until the flush.
         """
         if self._finished:
@@ -258,16 +269,28 @@ class Run:
             self._input_alert(f"observe:{name}:step", f"observe(stream={name}): {err}",
                               "Pass the loop's integer step; this batch was skipped.")
             return
-        problem = self._observe_problem(logits, labels, mask, target_logits, stream, group,
-                                        input_ids, attention_mask, ignore_index, token_names)
+        shard, problem = None, None
+        if vocab_start is not None or vocab_size is not None or tp_group is not None or hasattr(
+                logits, "device_mesh"):  # vocab-parallel logits: this rank's shard, as tensors
+            from trainspect.probes.vocab_parallel import vocab_shard
+
+            shard, problem = vocab_shard(logits, labels, mask, target_logits, vocab_start,
+                                         vocab_size, tp_group)
+            if problem is None:
+                logits, labels, mask = shard.logits, shard.labels, shard.mask
+        problem = problem or self._observe_problem(logits, labels, mask, target_logits, stream,
+                                                   group, input_ids, attention_mask,
+                                                   ignore_index, token_names)
         if problem is not None:
             kind = "".join(c for c in problem if not c.isdigit())  # one alert per kind
             self._input_alert(f"observe:{name}:{kind}", f"observe(stream={name}): {problem}",
                               "Fix the arguments passed to run.observe; this batch was "
                               "skipped and training goes on.")
+            self._stand_aside(shard, stream, step)
             return
         try:
             if "tokens" in self._disabled:
+                self._stand_aside(shard, stream, step)
                 return
             probe = self._probes.get("tokens")
             if probe is None:
@@ -275,19 +298,34 @@ class Run:
 
                 probe = self.add_probe(TokenProbe())
             known = probe.streams.get(stream)
-            if known is not None and (known.group != group or known.vocab_size != logits.shape[
-                    -1] or (group and known.n_groups != logits.shape[-2])):
+            vocab = logits.shape[-1] if shard is None else shard.vocab_size
+            if known is not None and (known.group != group or known.vocab_size != vocab or (
+                    group and known.n_groups != logits.shape[-2])):
                 self._input_alert(
                     f"observe:{stream}:layout",
-                    f"observe(stream={stream!r}): logits {tuple(logits.shape)} with group="
-                    f"{group!r} differ from the stream's first batch (group={known.group!r}, "
-                    f"{known.n_groups} groups, V={known.vocab_size})",
+                    f"observe(stream={stream!r}): logits {tuple(logits.shape)} (V={vocab}) with "
+                    f"group={group!r} differ from the stream's first batch (group="
+                    f"{known.group!r}, {known.n_groups} groups, V={known.vocab_size})",
                     "Use one stream name per head layout; this batch was skipped.")
+                self._stand_aside(shard, stream, step)
                 return
             import torch
 
+            from trainspect.probes.labels import observe_labels
+
             with torch.no_grad():  # statistics must never join the caller's autograd graph
+                if shard is not None:
+                    from trainspect.probes.vocab_parallel import observe_shard
+
+                    observe_shard(self, probe, step, stream, group, shard, input_ids,
+                                  attention_mask, token_names, ignore_index)
+                    observe_labels(self, stream, group, shard.logits.shape, shard.labels,
+                                   shard.mask, input_ids, attention_mask, ignore_index,
+                                   count=shard.counts)
+                    return
                 probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
+                observe_labels(self, stream, group, logits.shape, labels, mask, input_ids,
+                               attention_mask, ignore_index)
                 if self._samples.due(stream, step):
                     self._take_samples(step, stream, group, logits, labels, mask, input_ids,
                                        attention_mask, token_names, ignore_index)
@@ -303,6 +341,13 @@ class Run:
             return observe_problem(*args)
         except Exception as err:  # arguments odd enough to break the check: skip the batch
             return f"the arguments could not be checked ({type(err).__name__}: {err})"
+
+    def _stand_aside(self, shard: Any, stream: str, step: int) -> None:
+        """A skipped vocab-parallel batch still joins its group's collectives (no hang)."""
+        if shard is not None:
+            from trainspect.probes.vocab_parallel import stand_aside
+
+            stand_aside(self, shard, stream, step)
 
     def _take_samples(self, step: int, stream: str, group: str | None, logits: Any,
                       labels: Any, mask: Any, input_ids: Any, attention_mask: Any,
@@ -496,6 +541,8 @@ class Run:
         if self._finished:
             return
         try:
+            if getattr(self, "_system", None) is not None:
+                self._system.stop()
             if self._ranks.final_flush_ok(status, meta):  # not across ranks after an error
                 self._flush_device()
             self._writer.set_meta(status=status, ended_at=time.time(),

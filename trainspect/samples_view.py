@@ -47,7 +47,7 @@ def format_samples(rows: list[Any], max_positions: int = 16) -> str:
         lines.append(f"{head}  acc {acc}")
         context = _get(row, "context")
         if context:
-            lines.append(f"  context: {repr(context[-160:])[1:-1]}")
+            lines.append(f"  context: {repr(context)[1:-1]}")  # cut on a token already
         for p in positions[:max_positions]:
             mark = "ok" if p["match"] else "XX"
             lines.append(f"  t={p['t']:<4} {mark} predicted {_token(p['pred']):<14} "

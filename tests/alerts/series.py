@@ -64,21 +64,35 @@ def _flush(s: int, g: Callable[[float, float], float]) -> Metrics:
         # loss composition: total = ce + 0.5 kd; 'feature' is switched off (weight 0)
         "loss/ce/raw": ce, "loss/ce/weight": 1.0, "loss/ce/scaled": ce,
         "loss/kd/raw": 0.8 * ce, "loss/kd/weight": 0.5, "loss/kd/scaled": 0.4 * ce,
-        "loss/feature/raw": 12.0, "loss/feature/weight": 0.0, "loss/feature/scaled": 0.0,
+        "loss/feature/raw": 12.0 * (1 + 1e-4 * (s % 7)), "loss/feature/weight": 0.0,
+        "loss/feature/scaled": 0.0,
         "loss/total": 1.4 * ce, "loss/sum_gap": 0.0,  # |total - sum(scaled)| / |total|
-        "grad/zero_frac": 0.02, "lora/b_zero_layers": 0.0 if s >= 30 else 4.0,
+        "grad/zero_frac": 0.02, "lora/b_zero_frac": 0.0,
         "hidden/layers.0/nonfinite": 0.0, "hidden/layers.1/nonfinite": 0.0,
         "hidden/layers.2/nonfinite": 0.0,
+        # the label probe: labels are the next input token, nothing else is labelled
+        "text/label_offset": 1.0, "text/label_offset_share": 1.0,
+        "text/prompt_marker_rows": 0.0, "text/pad_labels": 0.0,
+        "text/rows_without_end": 0.04, "text/rows_cut": 0.04,
+        "text/labels_beyond_vocab": 0.0, "text/inputs_beyond_vocab": 0.0,
+        "text/repeated_batches": 0.0,
     }
+    for layer in range(3):
+        m[f"hidden/layers.{layer}/absmax"] = (2.0 + layer) * (1 + s / 300) + 0.1 * g(0, 1)
     for layer in range(4):
         m[f"lora/{layer}/qkv"] = 0.01 * (layer + 1) * (s + 1) / 100
         m[f"lora/{layer}/mlp"] = 0.02 * (4 - layer) * (s + 1) / 100
         m[f"grad/layers.{layer}/norm"] = 0.1 * (layer + 1) + 0.01 * g(0, 1)
+    m["lora/total"] = math.sqrt(sum(v * v for k, v in m.items() if k.startswith("lora/")
+                                    and k.count("/") == 2))
     acc0 = 0.35 + 0.4 * learned
     for i in range(4):
         m[f"draft/pos{i}/acc"] = acc0 * 0.8**i + 0.005 * g(0, 1)
         if i:
             m[f"draft/pos{i}/cond_acc"] = 0.8 + 0.01 * g(0, 1)
+    for i in range(4):  # position i targets the token i + 2 places ahead
+        m[f"draft/pos{i}/label_offset"] = 2.0 + i
+        m[f"draft/pos{i}/label_offset_share"] = 0.97
     m["draft/accept_len"] = sum(math.prod(acc0 * 0.8**j for j in range(k + 1)) for k in range(4))
     for c in range(4):
         m[f"audio/cb{c}/acc"] = (0.5 - 0.08 * c) + 0.3 * learned
@@ -88,7 +102,7 @@ def _flush(s: int, g: Callable[[float, float], float]) -> Metrics:
 def _eval(s: int, g: Callable[[float, float], float]) -> Metrics:
     learned = 1 - math.exp(-s / 150)
     m: Metrics = {"eval/em": 0.4 + 0.4 * learned, "eval/ce": 0.8 + 2.0 * math.exp(-s / 300),
-                  "eval/ece": 0.06 - 0.00005 * s + 0.001 * g(0, 1)}
+                  "eval/ece": 0.06 - 0.00005 * s + 0.001 * g(0, 1), "eval/tokens": 4000.0}
     for name, base in PATTERNS.items():
         m[f"eval/{name}/em"] = base * (0.6 + 0.4 * learned)
         m[f"eval/{name}/short/em"] = base * (0.65 + 0.4 * learned)
@@ -120,8 +134,13 @@ def _grad_explosion(s: int, m: Metrics) -> None:
 
 
 def _eval_plateau(s: int, m: Metrics) -> None:
-    if "eval/em" in m and s >= 99:
+    if s >= 49:  # training has converged: the train CE stops falling too
+        m["loss"] = 1.3 + 0.01 * math.sin(s)
+        if "text/ce" in m:
+            m["text/ce"] = 1.25 + 0.01 * math.sin(s)
+    if "eval/em" in m and s >= 99:  # EM and CE alike stop moving
         m["eval/em"] = {99: 0.71, 149: 0.712, 199: 0.709, 249: 0.711, 299: 0.71}[s]
+        m["eval/ce"] = {99: 1.62, 149: 1.61, 199: 1.615, 249: 1.612, 299: 1.613}[s]
 
 
 def _eval_regression(s: int, m: Metrics) -> None:
@@ -135,7 +154,9 @@ def _overfitting(s: int, m: Metrics) -> None:
 
 
 def _calibration(s: int, m: Metrics) -> None:
-    if "eval/ece" in m and s >= 149:
+    if "eval/ce" in m and s >= 49:  # eval CE stops improving ...
+        m["eval/ce"] = 2.0 + 0.0001 * s
+    if "eval/ece" in m and s >= 149:  # ... and ECE rises
         m["eval/ece"] = {149: 0.055, 199: 0.07, 249: 0.085, 299: 0.1}[s]
 
 
@@ -171,11 +192,53 @@ def _frozen(s: int, m: Metrics) -> None:
         m["grad/zero_frac"] = 1.0
 
 
-def _lora_b_zero(s: int, m: Metrics) -> None:
-    if "lora/b_zero_layers" in m:
-        m["lora/b_zero_layers"] = 4.0
+def _weights_frozen(s: int, m: Metrics) -> None:
+    if "lora/total" in m:  # the optimizer holds another copy: no adapter moves
+        m["lora/b_zero_frac"] = 1.0
         for layer in range(4):
             m[f"lora/{layer}/qkv"] = m[f"lora/{layer}/mlp"] = 0.0
+        m["lora/total"] = 0.0
+
+
+def _from(step: int, **values: float) -> Fault:
+    """Set the flush-window `values` (metric suffixes of `text/`) from `step` on."""
+    def fault(s: int, m: Metrics) -> None:
+        if s >= step and "text/label_offset" in m:
+            m.update({f"text/{k}": v for k, v in values.items()})
+    return fault
+
+
+def _loss_divergence(s: int, m: Metrics) -> None:
+    if s >= 150:  # the learning rate jumps: the loss doubles and stays there
+        m["loss"] *= 2.0
+
+
+def _activation_growth(s: int, m: Metrics) -> None:
+    if s >= 150 and "hidden/layers.1/absmax" in m:
+        m["hidden/layers.1/absmax"] *= 50.0 * 4 ** ((s - 150) // 10)
+
+
+def _loss_scale(s: int, m: Metrics) -> None:
+    m["loss_scale"] = 65536.0 if s < 150 else 65536.0 / 2 ** (s - 149)  # halves every step
+
+
+def _component_constant(s: int, m: Metrics) -> None:
+    if "loss/kd/raw" in m:  # computed once and reused
+        m["loss/total"] += 0.5 * (1.234 - m["loss/kd/raw"])
+        m["loss/kd/raw"], m["loss/kd/scaled"] = 1.234, 0.617
+
+
+def _straggler(s: int, m: Metrics) -> None:
+    if "text/ce" in m:  # two ranks; rank 1's data loading slows down from step 150
+        m["speed/rank0/step_s"], m["speed/rank0/late_s"] = 0.10, 0.0
+        m["speed/rank1/step_s"] = 0.10 if s < 150 else 0.16
+        m["speed/rank1/late_s"] = 0.0 if s < 150 else 0.6
+
+
+def _total_scaled(s: int, m: Metrics) -> None:
+    if "loss/total" in m:  # 2 micro-batches, the loss not divided by 2
+        m["loss/total"] *= 2.0
+        m["loss/sum_gap"] = 0.5
 
 
 def _lr_zero(s: int, m: Metrics) -> None:
@@ -204,6 +267,19 @@ FAULTS: dict[str, Fault] = {
     "overfitting": _overfitting, "calibration_drift": _calibration,
     "confidently_wrong": _confidently_wrong, "empty_supervision": _empty_mask,
     "zero_weight_leak": _zero_weight_leak, "loss_sum_gap": _sum_gap, "no_gradient": _frozen,
-    "lora_b_zero": _lora_b_zero, "lr_zero": _lr_zero, "lr_frozen_warmup": _lr_frozen,
+    "weights_frozen": _weights_frozen, "lr_zero": _lr_zero, "lr_frozen_warmup": _lr_frozen,
     "throughput_drop": _throughput, "draft_collapse": _draft_collapse,
+    "label_alignment": _from(100, label_offset=0.0, label_offset_share=0.98),
+    "prompt_supervised": _from(100, prompt_marker_rows=1.0),
+    "padding_supervised": _from(100, pad_labels=0.2),
+    "answer_end": _from(100, rows_without_end=1.0, rows_cut=0.05),
+    "vocab_mismatch": _from(100, labels_beyond_vocab=12.0, inputs_beyond_vocab=40.0),
+    "repeated_batches": _from(100, repeated_batches=0.9),
+    "loss_divergence": _loss_divergence, "activation_growth": _activation_growth,
+    "loss_scale_collapse": _loss_scale, "component_constant": _component_constant,
+    "loss_total_scaled": _total_scaled,
+    "weight_decay_too_strong": lambda s, m: None,  # the fault is in the config
+    "straggler": _straggler,
 }
+# Faults that live in the run's config rather than in its metrics.
+FAULT_CONFIGS = {"weight_decay_too_strong": {**CONFIG, "weight_decay": 100.0}}

@@ -10,12 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import trainspect as ts
 from trainspect.alerts import AlertEngine, Webhook, alert_line
 from trainspect.alerts.delivery import payload
 from trainspect.errors import TrainspectError
 from trainspect.records import Alert
-
-from .runs import start
 
 ALERT = Alert(step=7, rule="loss_spike", level="warning", message="loss 9 at step 7",
               action="lower the LR", wall_time=123.0)
@@ -144,7 +143,7 @@ def test_bad_webhook_url_is_one_clear_error():
 
 def test_engine_posts_its_alerts_and_the_runs_own_without_blocking_training(hook_factory, runs):
     hook = hook_factory(delay_s=0.3)  # a slow endpoint
-    with start(False, project="p") as run:
+    with ts.init(project="p", alerts=False) as run:
         engine = AlertEngine(config=run.config, webhook=hook.url, console=False,
                              run={"id": run.id, "project": "p", "name": run.name})
         run.add_observer(engine.observe)

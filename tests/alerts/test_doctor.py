@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import subprocess
@@ -15,38 +14,9 @@ import pytest
 import trainspect as ts
 from trainspect import cli
 from trainspect.alerts.doctor import diagnose, format_diagnosis
-from trainspect.cli import doctor as doctor_cli
 from trainspect.records import Matrix
 
-from .runs import start
 from .series import CONFIG, FAULTS, healthy
-
-
-@pytest.fixture
-def main(monkeypatch):
-    """`trainspect.cli.main`, with `doctor` registered even before cli/__init__.py lists it."""
-    if "doctor" not in cli.COMMANDS:
-        def build_parser() -> argparse.ArgumentParser:
-            parser = argparse.ArgumentParser(prog="trainspect")
-            doctor_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-            return parser
-
-        monkeypatch.setattr(cli, "build_parser", build_parser)
-    return cli.main
-
-
-# The same, for a fresh interpreter.
-MAIN_SOURCE = textwrap.dedent("""
-    import argparse, sys
-    from trainspect import cli
-    from trainspect.cli import doctor
-    if "doctor" not in cli.COMMANDS:
-        def build_parser():
-            parser = argparse.ArgumentParser(prog="trainspect")
-            doctor.add_parser(parser.add_subparsers(dest="command", required=True))
-            return parser
-        cli.build_parser = build_parser
-""")
 
 
 def _trend_reference(steps, values):
@@ -113,6 +83,20 @@ def test_weakest_patterns_positions_codebooks_and_layers(runs):
     assert [x["layer"] for x in w["grad_layers"]["largest"]] == ["l0", "l1"]
 
 
+def test_weakest_layers_print_no_empty_least_or_smallest_entry(runs):
+    with ts.init(project="p") as few:
+        few.log({"lora/0/qkv": 0.1, "lora/1/qkv": 0.5, "grad/l0/norm": 2.0,
+                 "grad/l1/norm": 0.5}, step=10)
+    text = format_diagnosis(diagnose(ts.open().run(few.id)))
+    assert "  LoRA       adapting most: 1 (0.5), 0 (0.1)\n" in text + "\n"
+    assert "  gradients  largest: l0 (2), l1 (0.5)\n" in text + "\n"
+    assert "least:" not in text and "smallest:" not in text
+    with ts.init(project="p") as many:
+        many.log({f"lora/{i}/qkv": 0.1 * (i + 1) for i in range(7)}, step=10)
+    text = format_diagnosis(diagnose(ts.open().run(many.id)))
+    assert "adapting most: 6 (0.7), 5 (0.6), 4 (0.5); least: 0 (0.1), 1 (0.2), 2 (0.3)" in text
+
+
 def test_weakest_from_matrices_when_there_are_no_scalars(runs):
     with ts.init(project="p") as run:
         run.log({"loss": 1.0}, step=5)
@@ -134,9 +118,9 @@ def _log(run, fault=None):
 
 
 def test_replay_finds_what_a_live_engine_stored(runs):
-    with start(True, project="p", config=CONFIG) as live:
+    with ts.init(project="p", config=CONFIG) as live:
         _log(live, FAULTS["overfitting"])
-    with start(False, project="p", config=CONFIG) as quiet:  # logged with no alert rules on
+    with ts.init(project="p", config=CONFIG, alerts=False) as quiet:  # no rules on
         _log(quiet, FAULTS["overfitting"])
     stored = diagnose(ts.open().run(live.id))
     replayed = diagnose(ts.open().run(quiet.id))
@@ -164,8 +148,9 @@ def test_nothing_logged_and_little_logged_degrade_to_plain_words(runs):
     assert "too few points" in format_diagnosis(d)
 
 
-def test_cli_prints_the_diagnosis_and_json_for_scripts(runs, capsys, main):
-    with start(False, project="p", config=CONFIG) as run:
+def test_cli_prints_the_diagnosis_and_json_for_scripts(runs, capsys):
+    main = cli.main
+    with ts.init(project="p", config=CONFIG, alerts=False) as run:
         _log(run, FAULTS["zero_weight_leak"])
     assert main(["doctor", run.id[:15]]) == 0
     text = capsys.readouterr().out
@@ -194,7 +179,8 @@ def test_a_crashed_run_is_named_and_resuming_comes_first(runs):
     run_id = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60, check=True).stdout.strip()
     doctor = subprocess.run(
-        [sys.executable, "-c", MAIN_SOURCE + f"cli.main(['doctor', {run_id!r}, '--json'])\n"
+        [sys.executable, "-c", "import sys\nfrom trainspect import cli\n"
+         f"cli.main(['doctor', {run_id!r}, '--json'])\n"
          "assert 'torch' not in sys.modules\n"],
         capture_output=True, text=True, timeout=60, check=True)
     d = json.loads(doctor.stdout)

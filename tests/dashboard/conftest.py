@@ -100,3 +100,60 @@ def wait_for(predicate, timeout: float = 5.0, every: float = 0.05):
             return value
         time.sleep(every)
     return predicate()
+
+
+# ---- the browser (Debian's Chromium through Playwright) ----------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    if browser_missing():
+        pytest.skip(browser_missing())
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _page(browser, bypass_csp: bool):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  accept_downloads=True, bypass_csp=bypass_csp)
+    page = context.new_page()
+    page.problems = []
+    page.on("pageerror", lambda err: page.problems.append(f"pageerror: {err}"))
+    page.on("console", lambda msg: msg.type == "error" and page.problems.append(msg.text))
+    return context, page
+
+
+@pytest.fixture
+def page(browser):
+    """A page under the dashboard's Content Security Policy."""
+    context, page = _page(browser, bypass_csp=False)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def raw_page(browser):
+    """A page with the CSP switched off: escaping alone must keep payloads inert."""
+    context, page = _page(browser, bypass_csp=True)
+    yield page
+    context.close()
+
+
+def wait_js(page, expression: str, timeout: float = 10.0):
+    """Poll a JS expression until truthy (wait_for_function would need eval, which the
+    CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(expression)
+        if value or time.monotonic() > deadline:
+            assert value, f"timed out waiting for {expression}"
+            return value
+        time.sleep(0.03)
+
+
+def open_run(page, url: str, ref: str, compare: str = "") -> None:
+    page.goto(url + "#run=" + ref + (f"&compare={compare}" if compare else ""))
+    page.wait_for_selector("#panel-loss .uplot", timeout=15_000)

@@ -30,6 +30,7 @@ def make_run(root: Path | str, project: str = "demo", name: str = "lora-demo",
     rng = random.Random(seed)
     evil = HOSTILE if hostile else ""
     run = ts.init(project=project, name=name + evil, dir=root, alerts=False,
+                  system_metrics=False,  # planted below instead, so the tests know them
                   config={"lr": 2e-4, "rank": 16, "note": "synthetic" + evil})
     for step in range(every, steps + 1, every):
         t = rate * step / steps
@@ -49,7 +50,15 @@ def make_run(root: Path | str, project: str = "demo", name: str = "lora-demo",
             "grad/norm": 1.0 + rng.random(), "grad/zero_frac": 0.01,
             "speed/tokens_per_s": 5000 + rng.uniform(-200, 200), "speed/step_s": 0.8,
             "mem/peak_gb": 11.5,
+            "sys/cpu_pct": 40 + 20 * rng.random(), "sys/ram_used_gib": 20.0 + t,
+            "sys/proc_rss_gib": 6.0 + t, "sys/disk_read_mib_s": 5 * rng.random(),
+            "sys/disk_write_mib_s": 2.0,
         }
+        for gpu in range(2):
+            metrics[f"sys/gpu{gpu}/util_pct"] = 90.0 - 10 * gpu + rng.uniform(-5, 5)
+            metrics[f"sys/gpu{gpu}/mem_used_gib"] = 60.0 + gpu
+            metrics[f"sys/gpu{gpu}/power_w"] = 550.0 - 20 * gpu
+            metrics[f"sys/gpu{gpu}/temp_c"] = 64.0 + gpu
         for p in range(4):
             metrics[f"draft/pos{p}/acc"] = acc * (0.9 - 0.15 * p)
             metrics[f"draft/pos{p}/conf"] = acc * (0.95 - 0.1 * p)

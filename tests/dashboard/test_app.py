@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -111,6 +112,22 @@ def test_run_ids_must_be_exact_in_urls(runs, serve):
     server = serve()
     project, run_id = ref.split("/")
     status, _, _ = http(server.url + f"api/runs/{project}/{run_id[:8]}/panels/loss")
+    assert status == 404
+
+
+def test_resolve_names_a_run_by_any_reference(runs, serve):
+    ref = make_run(runs, name="r16", steps=20)
+    make_run(runs, name="r8", steps=20, seed=1)
+    server = serve()
+    project, run_id = ref.split("/")
+    for given in (ref, run_id, run_id[-4:], "r16"):  # project/id, bare id, suffix, name
+        found = get_json(server.url, "/api/resolve?run=" + urllib.parse.quote(given))
+        assert found == {"ref": ref, "id": run_id, "project": project, "name": "r16"}, given
+    status, _, body = http(server.url + "api/resolve?run=no-such-run")
+    assert status == 404 and "no-such-run" in json.loads(body)["error"]
+    status, _, body = http(server.url + "api/resolve?run=")
+    assert status == 400 and "`run`" in json.loads(body)["error"]
+    status, _, _ = http(server.url + "api/resolve?run=" + urllib.parse.quote("../../etc/passwd"))
     assert status == 404
 
 

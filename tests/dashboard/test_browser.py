@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import trainspect as ts
-from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS, browser_missing
+from tests.dashboard.conftest import browser_missing, open_run, wait_js
 from tests.dashboard.synthetic import HOSTILE, make_run
 
 pytestmark = pytest.mark.browser
@@ -36,61 +36,6 @@ def site(tmp_path_factory):
     yield {"root": root, "url": server.url, "hostile": hostile, "plain": plain, "live": live}
     server.stop()
     live.finish()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if browser_missing():
-        pytest.skip(browser_missing())
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def _page(browser, bypass_csp: bool):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                  accept_downloads=True, bypass_csp=bypass_csp)
-    page = context.new_page()
-    page.problems = []
-    page.on("pageerror", lambda err: page.problems.append(f"pageerror: {err}"))
-    page.on("console", lambda msg: msg.type == "error" and page.problems.append(msg.text))
-    return context, page
-
-
-@pytest.fixture
-def page(browser):
-    """A page under the dashboard's Content Security Policy."""
-    context, page = _page(browser, bypass_csp=False)
-    yield page
-    context.close()
-
-
-@pytest.fixture
-def raw_page(browser):
-    """A page with the CSP switched off: escaping alone must keep payloads inert."""
-    context, page = _page(browser, bypass_csp=True)
-    yield page
-    context.close()
-
-
-def wait_js(page, expression: str, timeout: float = 10.0):
-    """Poll a JS expression until truthy (wait_for_function would need eval, which the
-    CSP forbids)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(expression)
-        if value or time.monotonic() > deadline:
-            assert value, f"timed out waiting for {expression}"
-            return value
-        time.sleep(0.03)
-
-
-def open_run(page, url: str, ref: str, compare: str = "") -> None:
-    page.goto(url + "#run=" + ref + (f"&compare={compare}" if compare else ""))
-    page.wait_for_selector("#panel-loss .uplot", timeout=15_000)
 
 
 def test_panels_render_with_data(page, site):
@@ -163,11 +108,14 @@ def test_compare_overlays_runs(page, site):
     wait_js(page, f"TS.app.card('loss').charts.length && "
         f"TS.app.card('loss').charts[0].spec.series.length === {2 * single}")
     labels = page.evaluate("TS.app.card('loss').charts[0].spec.series.map(s => s.label)")
-    assert any(label.startswith("plain: ") for label in labels)
-    assert any(label.startswith("hostile" + HOSTILE + ": ") for label in labels)
+    assert labels == [f"{run} · {key}" for run in ("plain", "hostile" + HOSTILE)
+                      for key in ("loss", "loss/total", "eval/ce")]
+    lr = page.evaluate("TS.app.card('loss').charts.find(c => c.spec.id === 'lr')"
+                       ".spec.series.map(s => s.label)")
+    assert lr == ["plain", "hostile" + HOSTILE]  # one line per run: the run's name alone
     assert "compare=" in page.url and HOSTILE in page.locator("#compare-list").inner_text()
     assert page.evaluate("window.__xss") is None
-    page.locator("#compare-list button").click()
+    page.locator("#compare-list .run-remove").click()
     wait_js(page, f"TS.app.card('loss').charts[0].spec.series.length === {single}")
 
 

@@ -206,12 +206,13 @@ def test_lora_top_k_and_timeline(runs):
                         ["qkv", "o", "mlp"]))
     view = _view(runs, run)
     data = lora._impl(view, top_k=3)
-    totals = mats[30].sum(axis=1)
+    totals = np.sqrt((mats[30] ** 2).sum(axis=1))  # a layer's Frobenius norm over its blocks
     assert [t["layer"] for t in data["top"]] == [str(i) for i in np.argsort(-totals)[:3]]
     assert data["top"][0]["total"] == pytest.approx(totals.max())
     timeline = np.array(data["timeline"]["values"])  # (layers, steps)
     assert data["timeline"]["steps"] == [10, 20, 30]
-    np.testing.assert_allclose(timeline, np.stack([mats[s].sum(1) for s in (10, 20, 30)], 1))
+    np.testing.assert_allclose(timeline, np.stack([np.sqrt((mats[s] ** 2).sum(1))
+                                                   for s in (10, 20, 30)], 1))
     assert lora._impl(view, step=15)["step"] == 10
 
 
@@ -289,3 +290,17 @@ def test_series_are_min_max_buckets_and_export_rows_cover_every_point(runs):
         base.buckets_param({"buckets": "0"})
     with pytest.raises(ClientError):
         base.int_param({"step": "x"}, "step", None)
+
+
+def test_lora_layer_totals_add_up_to_the_probes_total(runs):
+    """A layer's total is the Frobenius norm over its blocks: over all layers these give
+    back `lora/total`, which the probe computes from the adapters directly."""
+    from trainspect.demo.train import TrainConfig, train
+
+    run = _run(runs, system_metrics=False)
+    train(run, steps=12, config=TrainConfig(train_size=64, batch_size=4, max_len=48))
+    view = _view(runs, run)
+    data = lora._impl(view)
+    assert data["family"] == "lora" and data["step"] == view.series("lora/total")[-1][0]
+    assert math.sqrt(sum(t * t for t in data["totals"])) == pytest.approx(
+        view.series("lora/total")[-1][1], rel=1e-6)

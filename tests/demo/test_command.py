@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import trainspect as ts
-from trainspect.demo.command import ProgressLine, run_demo
+from trainspect.demo.command import run_demo
+from trainspect.demo.progress import ProgressLine
 from trainspect.demo.train import ProgressEvent
 from trainspect.errors import TrainspectError
 

@@ -63,7 +63,8 @@ def test_statistics_and_samples_match_observe_on_the_logits(runs, cap, chunk):
         assert row_ref[0] == row_got[0]  # counts exactly
         assert row_got[1:] == pytest.approx(row_ref[1:], rel=1e-5, abs=1e-6)
     assert_close_samples(ref["_samples"], got["_samples"])
-    assert {row["step"] for row in got["_samples"]} == {2, 4}
+    # the first observed step, then every samples_every (2) steps
+    assert {row["step"] for row in got["_samples"]} == {1, 2, 4}
 
 
 @pytest.mark.parametrize("teacher", ["logits", "head"])

@@ -130,3 +130,39 @@ def test_verbose_prints_a_readable_block_and_show_prints_samples(runs, tokenizer
     assert "confident in a wrong token" in block
     assert main(["show", run.id, "--samples"]) == 0
     assert "confident in a wrong token" in capsys.readouterr().out
+
+
+def test_a_run_shorter_than_samples_every_still_stores_samples(runs, tokenizer):
+    """30 steps with samples_every=200: the first observed step is sampled, so the first
+    flush already holds samples; later ones follow samples_every (HF steps start at 1)."""
+    input_ids, logits, labels = batch(tokenizer)
+    with ts.init(project="p", tokenizer=tokenizer, samples_every=200, num_samples=2,
+                 log_every=10) as run:
+        for step in range(1, 31):
+            run.observe(step, logits, labels, input_ids=input_ids)
+            run.observe(step, logits, labels, input_ids=input_ids)  # a second micro-batch
+            if step == 10:
+                run.flush()
+                assert ts.open(runs).run(run.id).sample_steps() == [1]
+    assert ts.open(runs).run(run.id).sample_steps() == [1]
+    assert len(ts.open(runs).run(run.id).samples(step=1)) == 2
+    with ts.init(project="p", samples_every=4, num_samples=1) as run:
+        for step in range(3, 13):
+            run.observe(step, logits, labels)
+    assert ts.open(runs).run(run.id).sample_steps() == [3, 4, 8, 12]
+
+
+def test_a_long_context_is_cut_between_tokens(tokenizer):
+    """The kept context is the decoding of the longest suffix of whole tokens that fits
+    (found here by trying every suffix), never a slice through a token."""
+    ids = tokenizer.encode(" ".join(TEXT * 6))
+    limit = 60
+    namer = TokenNamer(tokenizer)
+    got = namer.text(ids, limit)
+    assert got.startswith("…")
+    fits = [k for k in range(len(ids)) if len(tokenizer.decode(ids[k:])) <= limit]
+    assert got[1:] == tokenizer.decode(ids[min(fits):])
+    assert len(got) - 1 <= limit
+    assert namer.text(ids[-3:], limit) == tokenizer.decode(ids[-3:])  # short: whole
+    plain = TokenNamer(None)  # no tokenizer: ids, dropped whole from the front
+    assert plain.text([11, 22, 33, 44], 8) == "…#33 #44"

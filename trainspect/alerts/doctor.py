@@ -35,6 +35,7 @@ GOALS = {"acc": True, "em": True, "accept_len": True, "tokens_per_s": True, "alp
          "total": False}
 _RULE_ORDER = {cls.id: i for i, cls in enumerate(BUILTIN)}
 REPLAY_MODES = ("auto", "always", "never")
+EFFICIENCY = frozenset({"throughput_drop", "straggler"})  # rules about speed, not learning
 
 
 def diagnose(view: RunView, replay_rules: str = "auto") -> dict[str, Any]:
@@ -51,7 +52,7 @@ def diagnose(view: RunView, replay_rules: str = "auto") -> dict[str, Any]:
     best = best_checkpoint(view, keys)
     trends = [_trend(view, k) for k in headline_keys(keys)]
     weak = weakest(view, keys, latest)
-    actions = _actions(run, alerts["active"], best, trends, weak)
+    actions = _actions(run, alerts["active"], alerts["resolved"], best, trends, weak)
     verdict = _verdict(run, alerts["active"], best, trends)
     if alerts["resolved"]:
         past = alerts["resolved"][0]
@@ -132,18 +133,19 @@ def _alerts(view: RunView, mode: str) -> dict[str, Any]:
     else:
         rows, source = stored, "store"
     active: dict[str, dict] = {}
-    resolved: list[dict] = []
+    resolved: dict[str, dict] = {}  # the latest episode of each rule that came and went
     for row in rows:
         if row.get("state") == "cleared":
             fired = active.pop(row["rule"], None)
             if fired is not None and fired["level"] != "info":
-                resolved.append({**fired, "cleared_step": row["step"]})
+                resolved[row["rule"]] = {**fired, "cleared_step": row["step"]}
         else:
             active[row["rule"]] = row
+            resolved.pop(row["rule"], None)
     return {"source": source, "fired": sum(r.get("state") != "cleared" for r in rows),
             "cleared": sum(r.get("state") == "cleared" for r in rows),
             "active": sorted(active.values(), key=_importance),
-            "resolved": sorted(resolved, key=_importance)}
+            "resolved": sorted(resolved.values(), key=_importance)}
 
 
 def _row(alert: Any) -> dict[str, Any]:
@@ -152,14 +154,21 @@ def _row(alert: Any) -> dict[str, Any]:
             "wall_time": alert.wall_time}
 
 
+def _efficiency(row: dict) -> bool:
+    """Alerts about the machine's speed rather than what the model learns."""
+    return row["rule"].split(":", 1)[0] in EFFICIENCY or row["rule"].startswith("speed.")
+
+
 def _importance(row: dict) -> tuple:
+    """Level first; at one level what the model learns before the machine's speed, then
+    the built-in rules' order (most fundamental first), then time."""
     rule = row["rule"].split(":", 1)[0]
-    return (-LEVEL_RANK.get(row["level"], 1), _RULE_ORDER.get(rule, len(_RULE_ORDER)),
-            row["step"])
+    return (-LEVEL_RANK.get(row["level"], 1), _efficiency(row),
+            _RULE_ORDER.get(rule, len(_RULE_ORDER)), row["step"])
 
 
-def _actions(run: dict, active: list[dict], best: dict | None, trends: list[dict],
-             weak: dict) -> list[dict[str, Any]]:
+def _actions(run: dict, active: list[dict], resolved: list[dict], best: dict | None,
+             trends: list[dict], weak: dict) -> list[dict[str, Any]]:
     actions: list[dict[str, Any]] = []
     if run["status"] == "crashed":
         actions.append({"level": "critical", "rule": "run_state", "text":
@@ -171,15 +180,21 @@ def _actions(run: dict, active: list[dict], best: dict | None, trends: list[dict
         actions.append({"level": "critical", "rule": "run_state",
                         "text": f"The run failed at step {run['step']}: {error}."})
     seen = set()
-    for row in active:
+    # what the model learns first, what is still wrong before what came and went (a
+    # spike, a burst of NaN still has a cause to find), and the machine's speed last
+    ordered = ([r for r in active if not _efficiency(r)] + [r for r in resolved
+               if not _efficiency(r)] + [r for r in active if _efficiency(r)])
+    for row in ordered:
         if not row["action"] and row["level"] == "info":
             continue  # a note (a saved checkpoint, the user's remark), not something to do
         text = row["action"] or f"Look into: {row['message']}"
         if text in seen:
             continue
         seen.add(text)
+        because = row["message"] + (f" (resolved at step {row['cleared_step']})"
+                                    if "cleared_step" in row else "")
         actions.append({"level": row["level"], "rule": row["rule"], "text": text,
-                        "because": row["message"]})
+                        "because": because})
     patterns = weak.get("patterns") or []
     if len(patterns) >= 2:
         mean = sum(p["em"] for p in patterns) / len(patterns)
@@ -188,7 +203,8 @@ def _actions(run: dict, active: list[dict], best: dict | None, trends: list[dict
             actions.append({"level": "info", "rule": "weakest_pattern", "text":
                             f"Add training data for the '{low['name']}' pattern: eval EM "
                             f"{num(low['em'])} against {num(mean)} on average."})
-    if not any(a["level"] in ("warning", "critical") for a in actions):
+    if not any(a["level"] in ("warning", "critical") and "resolved at step" not in
+               a.get("because", "") for a in actions):
         improving = [t for t in trends if t["verdict"] == "improving"]
         evals = [t for t in trends if t["key"] in ("eval/em", "eval/ce")]
         if improving and not any(t["verdict"] == "stuck" for t in evals):
@@ -285,17 +301,24 @@ def _format_weakest(w: dict[str, Any]) -> list[str]:
                                               for c in w["codebooks"][:5]))
     layers = w.get("layers") or {}
     if layers.get("most"):
-        rows.append("  LoRA       adapting most: " + ", ".join(
-            f"{x['layer']} ({num(x['delta'])})" for x in layers["most"])
-            + "; least: " + ", ".join(f"{x['layer']} ({num(x['delta'])})"
-                                      for x in layers["least"]))
+        rows.append("  LoRA       " + _ends_text("adapting most", "least", layers["most"],
+                                                  layers.get("least"), "delta"))
     grads = w.get("grad_layers") or {}
     if grads.get("largest"):
-        rows.append("  gradients  largest: " + ", ".join(
-            f"{x['layer']} ({num(x['norm'])})" for x in grads["largest"])
-            + "; smallest: " + ", ".join(f"{x['layer']} ({num(x['norm'])})"
-                                         for x in grads["smallest"]))
+        rows.append("  gradients  " + _ends_text("largest", "smallest", grads["largest"],
+                                                  grads.get("smallest"), "norm"))
     return ["", "weakest:", *rows] if rows else []
+
+
+def _ends_text(top_word: str, bottom_word: str, top: list[dict], bottom: list[dict] | None,
+               value: str) -> str:
+    """'largest: a (1), b (0.5); smallest: c (0.1)', without an empty bottom list (with
+    few layers every one of them is already in the top list)."""
+    def items(rows: list[dict]) -> str:
+        return ", ".join(f"{x['layer']} ({num(x[value])})" for x in rows)
+
+    text = f"{top_word}: {items(top)}"
+    return text + (f"; {bottom_word}: {items(bottom)}" if bottom else "")
 
 
 def _t(t: float) -> str:

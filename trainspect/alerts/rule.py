@@ -115,6 +115,7 @@ class Context:
         self._checkpoints = checkpoints
         self._active: set[str] = set()
         self._matches: dict[str, list[str]] = {}  # pattern -> keys; emptied when keys appear
+        self._first: dict[tuple[str, ...], str] = {}  # first_present's answers, likewise
 
     # ---- metrics ---------------------------------------------------------------------
 
@@ -153,10 +154,17 @@ class Context:
 
     def _keys_changed(self) -> None:
         self._matches.clear()
+        self._first.clear()
 
-    def first_present(self, keys: Iterable[str]) -> str | None:
-        """The first of `keys` that has points (e.g. the run's main loss name)."""
-        return next((k for k in keys if self.has(k)), None)
+    def first_present(self, keys: tuple[str, ...]) -> str | None:
+        """The first of `keys` that has points (e.g. the run's main loss name). Cached until
+        a new key appears: a key that has points keeps them (histories are never emptied)."""
+        found = self._first.get(keys)
+        if found is None:
+            found = next((k for k in keys if self.has(k)), None)
+            if found is not None:
+                self._first[keys] = found
+        return found
 
     # ---- alerts and checkpoints ----------------------------------------------------------
 

@@ -11,10 +11,10 @@ from trainspect.store.reader import Reader
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from trainspect.cli import add_dir_argument
+    from trainspect.cli import add_dir_argument, add_run_argument
 
     parser = sub.add_parser("doctor", help="diagnosis of a run and the next actions")
-    parser.add_argument("run", help="run id, a unique prefix of it, or project/run_id")
+    add_run_argument(parser)
     add_dir_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     parser.add_argument("--replay", choices=REPLAY_MODES, default="auto",

@@ -106,14 +106,25 @@ def index(request: Request) -> Response:
 
 @api
 def panel_list(request: Request) -> Response:
-    return ok([{"name": p.name, "title": p.title, "overlay": p.overlay}
-               for p in PANELS.values()])
+    return ok([p.meta() for p in PANELS.values()])
 
 
 @api
 def run_list(request: Request) -> Response:
     q = str_param(request.query_params, "q")
     return ok(runs._impl(_catalog(request).runs(), q))
+
+
+@api
+def resolve_run(request: Request) -> Response:
+    """The run a link names (`project/id`, a bare id, a unique suffix or a name), as the
+    page addresses it: `{"ref": "project/id", "id", "project", "name"}`."""
+    ref = str_param(request.query_params, "run", limit=300)
+    if not ref:
+        raise ClientError("expected `run` to name a run (project/id, id, suffix or name)")
+    view = _catalog(request).ref(ref)
+    return ok({"ref": runs.run_ref(view), "id": view.id, "project": view.project,
+               "name": view.name})
 
 
 @api
@@ -220,6 +231,7 @@ def create_app(dir: str | Path | None = None, token: str | None = None,
             Route("/", index),
             Route("/api/panels", panel_list),
             Route("/api/runs", run_list),
+            Route("/api/resolve", resolve_run),
             Route(project_run + "/panels/{panel}", panel_data),
             Route(project_run + "/export/{panel}", panel_export),
             Route(project_run + "/series", series_range),

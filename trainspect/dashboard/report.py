@@ -53,8 +53,7 @@ def report_data(view: RunView, buckets: int = REPORT_BUCKETS) -> dict[str, Any]:
                               panel.name, err)
         panels[panel.name] = stored
     return {
-        "panels": [{"name": p.name, "title": p.title, "overlay": p.overlay}
-                   for p in PANELS.values()],
+        "panels": [p.meta() for p in PANELS.values()],
         "runs": [runs.describe(view.refresh())],
         "data": {ref: panels},
         "generated_at": time.time(),

@@ -8,7 +8,9 @@
 Modules: `patterns` (the five instruction patterns), `data` (training rows and the
 held-out fixed eval, `fixed_eval.jsonl`), `tokenizer` (a BPE trained on the demo's
 text), `batching` (labels and padding), `model` (tiny Llama + LoRA), `train` (the
-loop), `generate` (greedy answers), `command` (the command's printing).
+loop), `generate` (greedy answers), `progress` (bars and lines on the terminal),
+`session` (one demo run, printed) and `command` (the command: it says what is
+loading before importing torch).
 
 Names are imported on first use, so `trainspect.demo.data` and `patterns` load
 without torch, and a missing optional dependency surfaces as the ImportError that

@@ -228,6 +228,7 @@ def train(
     setup: DemoSetup | None = None,
     eval_every: int | None = None,
     eval_progress: Callable[[int, int], None] | None = None,
+    eval_done: Callable[[int, Any, float], None] | None = None,
     plant_faults: bool = False,
 ) -> DemoResult:
     """Fine-tune the demo model for `steps` steps, logging every step to `run`.
@@ -237,10 +238,11 @@ def train(
     When `run` is a trainspect Run, every probe is on: `watch` on the model, `observe`
     on the aligned logits every step (samples every `samples_every`), `losses` with two
     components (cross-entropy, and a z-loss on a curriculum), and the fixed eval every
-    `eval_every` steps and at the end. `plant_faults` adds, for the health signals to
-    show: a component that leaks into the total through a zero weight, a layer whose
-    LoRA scaling is 0 (frozen: its adapters get no gradient), and a NaN burst out of
-    one decoder layer (those steps are skipped, as a careful loop would).
+    `eval_every` steps and at the end (`eval_progress(done, total)` during it,
+    `eval_done(step, result, seconds)` after it). `plant_faults` adds, for the health
+    signals to show: a component that leaks into the total through a zero weight, a
+    layer whose LoRA scaling is 0 (frozen: its adapters get no gradient), and a NaN
+    burst out of one decoder layer (those steps are skipped, as a careful loop would).
     """
     if not isinstance(steps, int) or steps <= 0:
         raise TrainspectError(f"expected `steps` to be a positive int, got {steps!r}")
@@ -314,8 +316,11 @@ def train(
         history[step, 1] = view.acc
         last = step == steps - 1
         if fixed_eval is not None and ((step + 1) % eval_every == 0 or last):
-            run.evaluate(model, fixed_eval, step=step, checkpoint=f"step-{step}",
-                         em="teacher_forced", progress=eval_progress)
+            eval_start = time.perf_counter()
+            result = run.evaluate(model, fixed_eval, step=step, checkpoint=f"step-{step}",
+                                  em="teacher_forced", progress=eval_progress)
+            if eval_done is not None:
+                eval_done(step, result, time.perf_counter() - eval_start)
 
         if progress is not None and (last or (step + 1) % progress_every == 0):
             elapsed = time.perf_counter() - start

@@ -107,7 +107,7 @@ def evaluate(
     history.add(EvalPoint(
         step=step, checkpoint=checkpoint,
         **{k: float(metrics.get(k, float("nan")))
-           for k in ("em", "ce", "acc", "ece", "n", "em_se", "ce_se", "acc_se")},
+           for k in ("em", "ce", "acc", "ece", "n", "em_se", "ce_se", "acc_se", "tokens")},
     ))
     summary = summarize(history.points, best_by, latest_train_loss(run, step))
     scores = {p: {"em": v, "n": sum(row)} for (p, v), row

@@ -4,8 +4,10 @@ Any decoder-only model works that is called as `model(input_ids=..., attention_m
 and returns the logits (B, T, V), an object with `.logits`, or a tuple whose first
 item is the logits. A Hugging Face model (anything with `prepare_inputs_for_generation`,
 PEFT-wrapped ones included) also gets `position_ids` and the KV cache
-(`past_key_values`, `use_cache=True`) while decoding, so each new token costs one
-position; any other model is re-run on the growing sequence.
+(`use_cache=True`) while decoding, so each new token costs one position; any other
+model is re-run on the growing sequence. The cache goes in and comes out under the
+name the model's forward declares: `cache` from transformers 5 on (which warns about
+the older name on every call), `past_key_values` before.
 
 Greedy decoding pads prompts on the left, gives each row its own limit (its reference
 length plus `extra_tokens`) and stops a row at its first stop token. With `steps=` it
@@ -15,6 +17,7 @@ often), else until every row is done.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +32,31 @@ IGNORE_INDEX = -100
 
 def is_hf(model: Any) -> bool:
     return callable(getattr(model, "prepare_inputs_for_generation", None))
+
+
+def cache_argument(model: Any) -> str:
+    """The name under which `model`'s forward takes and returns its KV cache.
+
+    Looks through wrappers (PEFT's `get_base_model()`, DDP's `.module`) to the forward
+    that declares its arguments; `past_key_values` when none says `cache`.
+    """
+    seen: set[int] = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        try:
+            parameters = inspect.signature(model.forward).parameters
+        except (AttributeError, TypeError, ValueError):
+            parameters = {}
+        if "cache" in parameters:
+            return "cache"
+        if "past_key_values" in parameters:
+            return "past_key_values"
+        base = getattr(model, "get_base_model", None)
+        inner = base() if callable(base) else getattr(model, "module", None)
+        if inner is None:
+            break
+        model = inner
+    return "past_key_values"
 
 
 def model_device(model: Any) -> torch.device:
@@ -103,6 +131,7 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], limits: Sequence[int],
     stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=device)  # (S,)
     total = steps if steps is not None else max(limits)
     hf = is_hf(model)
+    cache_name = cache_argument(model) if hf else ""
     done = limit <= 0  # (B,)
     generated = []
     past = None
@@ -112,8 +141,8 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], limits: Sequence[int],
             if past is None:  # the first step, or a model that returns no cache: all of it
                 step_ids, step_pos = ids, (mask.cumsum(-1) - 1).clamp_min(0)  # (B, L)
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                        past_key_values=past, use_cache=True)
-            past = getattr(out, "past_key_values", None)
+                        use_cache=True, **{cache_name: past})
+            past = getattr(out, cache_name, None)
             logits = logits_of(out, batch, step_ids.shape[1])
             del out
         else:

@@ -3,7 +3,8 @@
 A run's history lives beside the run object (a weak mapping: it goes with the run)
 and starts from what the run's store already holds, so a resumed run's trends and
 best checkpoint include the attempts before it. Alerts fire when a condition starts
-(EM plateau, EM regressing, calibration drift) and clear when it ends, not at every
+(a plateau of EM, CE and accuracy together, EM regressing, calibration drift beyond
+the eval's sampling noise; see trends.py) and clear when it ends, not at every
 evaluation.
 """
 
@@ -97,34 +98,38 @@ def transition_alerts(history: EvalHistory, summary: dict[str, Any], name: str, 
     em, trend_em = summary.get("em"), summary["trend"]["em"]
     add_data = (f"; add training data like the '{weakest[0]}' prompts ({weakest[1]:.0%} EM)"
                 if weakest else "")
+    ce = summary.get("ce")
+    ce_text = f", CE {ce:.3f}" if ce is not None else ""
     conditions = {
+        # a plateau is a decision point, not a fault: info, like the engine's own rule
         f"{name}_plateau": (
-            trend_em == "plateau" and em is not None,
-            lambda: (f"fixed eval '{name}': EM {em:.1%} has been flat over the last evals "
-                     f"(best {best['em']:.1%} at {best['checkpoint']}, "
-                     f"{summary['evals_since_best']} evals ago)"),
+            bool(summary.get("plateau")) and em is not None, "info",
+            lambda: (f"fixed eval '{name}': EM {em:.1%}{ce_text} and token accuracy have "
+                     f"stopped improving over the last evals (best EM {best['em']:.1%} at "
+                     f"{best['checkpoint']}, {summary['evals_since_best']} evals ago)"),
             f"Diminishing returns: consider stopping and using {best['checkpoint']}{add_data}.",
         ),
         f"{name}_regressing": (
-            trend_em == "regressing" and em is not None,
+            trend_em == "regressing" and em is not None, "warning",
             lambda: (f"fixed eval '{name}': EM is falling, {em:.1%} now against "
                      f"{best['em']:.1%} at {best['checkpoint']}"),
             f"Stop or lower the learning rate, and use {best['checkpoint']}; a growing "
             "eval-train CE gap means overfitting.",
         ),
         f"{name}_calibration_drift": (
-            bool(summary.get("calibration_drift")),
+            bool(summary.get("calibration_drift")), "warning",
             lambda: (f"fixed eval '{name}': ECE {summary['ece']:.3f} is "
-                     f"{summary['ece_drift']:.0%} above its best ({summary['ece_best']:.3f}): "
-                     "the model is growing over-confident"),
+                     f"{summary['ece'] - summary['ece_best']:.3f} ({summary['ece_drift']:.0%}) "
+                     f"above its best {summary['ece_best']:.3f}, more than the eval's "
+                     "sampling noise: the model is growing over-confident"),
             "Run a finishing pass at a lower learning rate (0.5x) or use EMA weights.",
         ),
     }
     alerts = []
-    for rule, (active, message, action) in conditions.items():
+    for rule, (active, level, message, action) in conditions.items():
         if active and rule not in history.fired:
             history.fired.add(rule)
-            alerts.append(Alert(step=step, rule=rule, level="warning", message=message(),
+            alerts.append(Alert(step=step, rule=rule, level=level, message=message(),
                                 action=action, wall_time=wall_time))
         elif not active and rule in history.fired:
             history.fired.discard(rule)

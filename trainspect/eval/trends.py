@@ -19,9 +19,26 @@ The rules, in full:
   "regressing" when it is that far in the bad direction, else "plateau"; stored as
   +1 / 0 / -1 (`eval/trend/em`). A change smaller than the eval's own sampling noise
   is a plateau: with 80 examples EM must move by several points per eval to count.
-- Calibration drift: ECE more than `DRIFT_RATIO` (20%) above the best (lowest) ECE so
-  far and at least `DRIFT_FLOOR` above it in absolute terms (tiny ECEs are noise).
-  `eval/ece_drift` stores the relative rise (0.35 = 35% above the best).
+- CE still improving: its trend is "improving", or the best CE of the last
+  `RECENT_EVALS` evals is more than `CE_MIN_GAIN` (1%) below the best before them. The
+  slope test above treats each eval as a fresh sample of examples, but a fixed eval
+  scores the same examples every time, so a steady fall smaller than the per-example
+  spread is still real: the gain over the best is the second, direct test.
+- Plateau: the EM trend is "plateau", the token-accuracy trend is not "improving" and
+  CE is not still improving. EM moves in whole examples: on a small model it can sit
+  at 0% for many evals while CE and accuracy improve steadily, and that is learning,
+  not a plateau.
+- Calibration drift: ECE more than `DRIFT_RATIO` (20%) above its best (lowest) value
+  since the eval with the lowest CE, leaving out the first `DRIFT_BURN_IN` evals (a
+  model that barely predicts is trivially calibrated, so its early ECE is no
+  baseline); more than `drift_floor(tokens)` above it in absolute terms (a relative
+  change of a near-zero ECE is not drift); and CE not still improving. CE is a proper
+  scoring rule that already charges for miscalibration: an ECE that rises while CE
+  falls is the model sharpening faster than it gets right, part of learning; drift is
+  what happens after CE stopped improving. The floor is twice the standard deviation
+  of the difference of two ECE estimates on the eval's supervised tokens (see
+  `drift_floor`), never below `DRIFT_FLOOR`. `eval/ece_drift` stores the relative rise
+  (0.35 = 35% above the best).
 - Train/eval gap: the eval CE minus the latest training CE at or before the eval step
   (`text/ce`, else `loss`, else `train/loss`).
 """
@@ -41,12 +58,15 @@ TREND_WINDOW = 4  # evals the slope is fitted over
 MIN_TREND_POINTS = 3  # fewer evals than this: no trend yet
 TREND_Z = 2.0  # slopes within this many standard errors of 0 are a plateau
 DRIFT_RATIO = 0.20  # ECE this far above its best is calibration drift ...
-DRIFT_FLOOR = 0.005  # ... if also this far above it in absolute terms
+DRIFT_BURN_IN = 2  # the first evals are not a baseline for calibration (see the doc)
+DRIFT_FLOOR = 0.01  # ... if also at least this far above it in absolute terms (see drift_floor)
+RECENT_EVALS = 3  # evals whose best is compared with the best before them
+CE_MIN_GAIN = 0.01  # CE more than this share below the earlier best is still improving
 TREND_VALUE = {"improving": 1, "plateau": 0, "regressing": -1}
 HIGHER_IS_BETTER = {"em": True, "acc": True, "ce": False, "ece": False}
 TREND_METRICS = ("em", "ce", "acc")
 TRAIN_KEYS = ("text/ce", "loss", "train/loss")
-POINT_KEYS = ("em", "ce", "acc", "ece", "n", "em_se", "ce_se", "acc_se")
+POINT_KEYS = ("em", "ce", "acc", "ece", "n", "em_se", "ce_se", "acc_se", "tokens")
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,8 @@ class EvalPoint:
     ce_se: float = math.nan
     acc_se: float = math.nan
     checkpoint: str | None = None
+    tokens: float = math.nan  # supervised tokens the ECE was measured on
+
 
     def se(self, metric: str) -> float:
         if metric == "em" and not math.isfinite(self.em_se) and self.n > 0:
@@ -99,6 +121,47 @@ def trend(values: Sequence[float], ses: Sequence[float], higher_is_better: bool 
     return "plateau"
 
 
+def gained(values: Sequence[float], higher_is_better: bool, recent: int = RECENT_EVALS,
+           min_gain: float = CE_MIN_GAIN) -> bool:
+    """Whether the best of the last `recent` values (all but the first while there are
+    fewer) beats the best before them by more than `min_gain` of its size."""
+    finite = [v for v in values if math.isfinite(v)]
+    recent = min(recent, len(finite) - 1)  # early on: the evals since the first
+    if recent < 1:
+        return False
+    before, last = finite[:-recent], finite[-recent:]
+    if higher_is_better:
+        return max(last) > max(before) + min_gain * abs(max(before))
+    return min(last) < min(before) - min_gain * abs(min(before))
+
+
+def since_best_ce(points: Sequence[EvalPoint]) -> Sequence[EvalPoint]:
+    """The evals from the one with the lowest CE on (all of them when CE is unknown),
+    with the burn-in evals kept in front so that slicing them off still works."""
+    ces = [(p.ce, i) for i, p in enumerate(points) if math.isfinite(p.ce)]
+    if not ces:
+        return points
+    start = max(min(ces)[1], DRIFT_BURN_IN)
+    return [*points[:DRIFT_BURN_IN], *points[start:]]
+
+
+def drift_floor(tokens: float) -> float:
+    """The smallest ECE rise that is more than sampling noise on `tokens` eval tokens.
+
+    ECE = sum_b |S_b| / n with S_b = sum over bin b of (correct - confidence). For a
+    calibrated model each correct is Bernoulli(confidence), so Var(S_b) <= n_b / 4 and
+    Var|S_b| = (1 - 2/pi) Var(S_b): the ECE's standard deviation is at most
+    sqrt(1 - 2/pi) * 0.5 / sqrt(n) = 0.30 / sqrt(n). The difference of two evals has
+    sqrt(2) times that; a rise counts when it is over twice that standard deviation
+    (0.85 / sqrt(n): 0.030 on 800 tokens, 0.0085 on 10,000) and at least DRIFT_FLOOR.
+    Unknown `tokens` (an old run) gives 2 x DRIFT_FLOOR.
+    """
+    if not (tokens > 0):
+        return 2 * DRIFT_FLOOR
+    sd = math.sqrt(1.0 - 2.0 / math.pi) * 0.5 / math.sqrt(tokens)
+    return max(DRIFT_FLOOR, 2.0 * math.sqrt(2.0) * sd)
+
+
 def best_point(points: Sequence[EvalPoint], metric: str = "em") -> EvalPoint:
     """The best evaluation by `metric`, with the tie-breaks of the module docstring."""
     if metric not in HIGHER_IS_BETTER:
@@ -129,13 +192,17 @@ def summarize(points: Sequence[EvalPoint], metric: str = "em",
     for name in TREND_METRICS:
         trends[name] = trend([getattr(p, name) for p in points], [p.se(name) for p in points],
                              HIGHER_IS_BETTER[name])
-    eces = [p.ece for p in points if math.isfinite(p.ece)]
+    eces = [p.ece for p in since_best_ce(points)[DRIFT_BURN_IN:] if math.isfinite(p.ece)]
     ece_best = min(eces) if eces else math.nan
     drift = math.nan
     drifting = False
     if math.isfinite(last.ece) and math.isfinite(ece_best):
         drift = (last.ece - ece_best) / ece_best if ece_best > 0 else 0.0
-        drifting = last.ece > ece_best * (1 + DRIFT_RATIO) and last.ece - ece_best > DRIFT_FLOOR
+        drifting = (last.ece > ece_best * (1 + DRIFT_RATIO)
+                    and last.ece - ece_best > drift_floor(last.tokens))
+    ce_improving = trends["ce"] == "improving" or gained([p.ce for p in points], False)
+    plateau = trends["em"] == "plateau" and trends["acc"] != "improving" and not ce_improving
+    drifting = drifting and not ce_improving
     gap = None
     if train is not None and math.isfinite(last.ce) and math.isfinite(train[1]):
         gap = last.ce - train[1]
@@ -149,6 +216,7 @@ def summarize(points: Sequence[EvalPoint], metric: str = "em",
                  **{k: _finite(getattr(best, k)) for k in ("em", "ce", "acc", "ece")}},
         "evals_since_best": since,
         "trend": trends,
+        "plateau": plateau,
         "ece_best": _finite(ece_best),
         "ece_drift": _finite(drift),
         "calibration_drift": drifting,
@@ -214,7 +282,7 @@ def eval_summary(view: Any, name: str = "eval", metric: str = "em") -> dict[str,
     """Everything the doctor and the dashboard say about a run's fixed eval, from its store.
 
     Keys: evals, step, checkpoint, em, ce, acc, ece, n, best {step, checkpoint, em, ...},
-    best_by, evals_since_best, trend {em, ce, acc}, ece_best, ece_drift,
+    best_by, evals_since_best, trend {em, ce, acc}, plateau, ece_best, ece_drift,
     calibration_drift, train_key, train_gap, patterns {name: {em, n}}, weakest_pattern.
     `{"evals": 0}` when the run has no evaluation.
     """

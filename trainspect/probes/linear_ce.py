@@ -31,7 +31,8 @@ SAMPLE_TOP_K = 5  # as probes/samples.py's TOP_K
 OPTIONS = frozenset((
     "bias", "ignore_index", "reduction", "logit_softcap", "run", "step", "stream",
     "target_hidden", "target_weight", "target_bias", "target_logits", "input_ids",
-    "attention_mask", "token_names", "max_chunk_bytes"))  # linear_cross_entropy's keywords
+    "attention_mask", "token_names", "max_chunk_bytes",
+    "vocab_start", "vocab_size", "tp_group"))  # linear_cross_entropy's keywords
 
 
 @dataclass
@@ -138,7 +139,8 @@ def linear_cross_entropy(
     step: int | None = None, stream: str = "text", target_hidden: Any = None,
     target_weight: Any = None, target_bias: Any = None, target_logits: Any = None,
     input_ids: Any = None, attention_mask: Any = None, token_names: dict | None = None,
-    max_chunk_bytes: int | None = None,
+    max_chunk_bytes: int | None = None, vocab_start: int | None = None,
+    vocab_size: int | None = None, tp_group: Any = None,
 ) -> Any:
     """``F.cross_entropy(hidden @ weight.T + bias, labels)`` without the [N, V] logits.
 
@@ -154,13 +156,16 @@ def linear_cross_entropy(
     agreement, KL and acceptance: either `target_logits` [..., V], or its head's inputs
     `target_hidden` [..., H_t] with `target_weight` [V, H_t] (and `target_bias`), whose
     logits are formed chunk by chunk too. `step` defaults to the run's last step.
+    A vocab-sharded head (tensor parallel): `weight` a DTensor placed Shard(0), or this
+    rank's rows with `vocab_start`, `vocab_size` and `tp_group` (probes/linear_ce_vocab.py).
     """
     return linear_cross_entropy_rows(
         hidden, weight, labels, bias=bias, ignore_index=ignore_index, reduction=reduction,
         logit_softcap=logit_softcap, run=run, step=step, stream=stream,
         target_hidden=target_hidden, target_weight=target_weight, target_bias=target_bias,
         target_logits=target_logits, input_ids=input_ids, attention_mask=attention_mask,
-        token_names=token_names, max_chunk_bytes=max_chunk_bytes)[0]
+        token_names=token_names, max_chunk_bytes=max_chunk_bytes, vocab_start=vocab_start,
+        vocab_size=vocab_size, tp_group=tp_group)[0]
 
 
 def linear_cross_entropy_rows(
@@ -176,6 +181,11 @@ def linear_cross_entropy_rows(
     unknown = set(options) - OPTIONS
     if unknown:
         raise TypeError(f"linear_cross_entropy got unexpected arguments {sorted(unknown)}")
+    if any(options.get(k) is not None for k in ("vocab_start", "vocab_size", "tp_group")) or (
+            hasattr(weight, "device_mesh")):  # a vocab-sharded head
+        from trainspect.probes.linear_ce_vocab import vocab_parallel_rows
+
+        return vocab_parallel_rows(hidden, weight, labels, keep_rows=keep_rows, **options)
     run, reduction = options.get("run"), options.get("reduction", "mean")
     ignore_index = options.get("ignore_index", -100)
     cap = options.get("logit_softcap")
@@ -199,7 +209,7 @@ def linear_cross_entropy_rows(
         raise TrainspectError(f"linear_cross_entropy: {err}") from err
     if stats is not None:
         stats.finish(options.get("input_ids"), options.get("attention_mask"),
-                     options.get("token_names"))
+                     options.get("token_names"), shape)
     loss = loss.view(shape) if reduction == "none" else loss
     return loss, None if recorder is None else recorder.row_stats()
 
@@ -301,11 +311,18 @@ class RunStats:
                                sample_rows=0 if sample_shape is None else math.prod(sample_shape))
         return cls(run, step, stream, vocab, labels, recorder, sample_shape, ignore_index)
 
-    def finish(self, input_ids: Any, attention_mask: Any, token_names: dict | None) -> None:
-        """Fold the rows into the stream's sums; queue the samples. Never raises."""
+    def finish(self, input_ids: Any, attention_mask: Any, token_names: dict | None,
+               label_shape: tuple) -> None:
+        """Fold the rows into the stream's sums; check the labels against the inputs as
+        `observe` does (probes/labels.py); queue the samples. Never raises."""
         import torch
 
+        from trainspect.probes.labels import observe_labels
+
         run = self.run
+        observe_labels(run, self.stream, None, (*label_shape, self.vocab),
+                       self.labels.view(label_shape), None, input_ids, attention_mask,
+                       self.ignore_index)
         try:
             from trainspect.kernels.token_sums import accumulate_rows
             from trainspect.probes.tokens import token_probe

@@ -39,10 +39,13 @@ class SampleTaker:
         self._namers: dict[str, TokenNamer] = {}
 
     def due(self, stream: str, step: int) -> bool:
-        """True once per stream on each `samples_every`-th step."""
-        if self.num_samples <= 0 or self.samples_every <= 0 or step % self.samples_every:
+        """True once per stream at its first observed step (so a run shorter than
+        `samples_every` still shows what the model predicts from the first flush on),
+        then on each `samples_every`-th step."""
+        if self.num_samples <= 0 or self.samples_every <= 0:
             return False
-        if self._taken.get(stream) == step:
+        last = self._taken.get(stream)
+        if last == step or (last is not None and step % self.samples_every):
             return False
         self._taken[stream] = step
         return True

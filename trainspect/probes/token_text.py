@@ -105,15 +105,34 @@ class TokenNamer:
         return None
 
     def text(self, token_ids: list[int], limit: int = 400) -> str:
-        """Decode a sequence (a context), keeping its last `limit` characters."""
+        """Decode a sequence (a context), keeping its last whole tokens that fit in `limit`
+        characters: the cut falls between tokens (and never inside a character), and "…"
+        marks it."""
         if not token_ids:
             return ""
+        ids = list(token_ids)
+        whole = self._sequence(ids)
+        if len(whole) <= limit:
+            return whole
+        # the first start whose decoded rest fits: the rest only shrinks as start grows
+        lo, hi = 1, len(ids) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self._sequence(ids[mid:])) <= limit:
+                hi = mid
+            else:
+                lo = mid + 1
+        rest = self._sequence(ids[lo:])
+        while rest.startswith("\ufffd") and lo < len(ids) - 1:  # a character's tail bytes
+            lo += 1
+            rest = self._sequence(ids[lo:])
+        return "…" + rest
+
+    def _sequence(self, token_ids: list[int]) -> str:
         if self.tokenizer is None:
-            text = " ".join(self.token(t) for t in token_ids)
-        else:
-            try:
-                text = self.tokenizer.decode(list(token_ids))
-            except Exception as err:
-                log.debug("trainspect: cannot decode a context: %s", err)
-                text = "".join(self.token(t) for t in token_ids)
-        return text if len(text) <= limit else "…" + text[-limit:]
+            return " ".join(self.token(t) for t in token_ids)
+        try:
+            return str(self.tokenizer.decode(token_ids))
+        except Exception as err:  # an odd id: name the tokens one by one instead
+            log.debug("trainspect: cannot decode a context: %s", err)
+            return "".join(self.token(t) for t in token_ids)

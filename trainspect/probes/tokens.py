@@ -142,6 +142,20 @@ class TokenProbe:
                         last_chunk=last_chunk)
         return stats
 
+    def fold_rows(self, stream: str, group: str | None, n_groups: int, vocab: int,
+                  stats: Any, labels: Any, mask: Any, ignore_index: int = -100, *,
+                  count: bool = True) -> None:
+        """Fold one batch's per-row statistics computed elsewhere (vocab-parallel logits,
+        merged across their shards: probes/vocab_parallel.py) into `stream`, as `update`
+        folds its own rows. `count=False` only makes the stream exist: a rank whose rows
+        another rank of its tensor-parallel group counts keeps zeros of the same layout."""
+        from trainspect.kernels.token_sums import accumulate_rows
+
+        state = self._state(stream, group, n_groups, vocab, labels.device)
+        if count:
+            accumulate_rows(self._tensors(state), stats, labels, mask, n_groups, ignore_index,
+                            vocab)
+
     @staticmethod
     def _tensors(state: StreamState) -> tuple[Any, Any, Any, Any]:
         return state.sums, state.calibration, state.counters, state.scratch

@@ -11,7 +11,7 @@ from trainspect.alerts.rule import Context
 # a run's main loss is the first of these it logs (see `main_loss`).
 LOSS_KEYS = ("loss", "loss/total", "train/loss")
 LR_KEYS = ("lr", "train/lr", "optim/lr")
-# First path segments that are metric families, not token streams (the metric table in
+# First path segments that are metric families, not token streams (the metric table of
 # docs/architecture.md).
 FAMILIES = frozenset({"loss", "lora", "grad", "hidden", "speed", "mem", "eval", "train", "lr",
                       "optim"})

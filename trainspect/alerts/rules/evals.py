@@ -13,6 +13,7 @@ import numpy as np
 from trainspect.alerts.rule import HOLD, CheckResult, Context, Finding, Rule
 from trainspect.alerts.rules.common import LOSS_KEYS, main_loss, median
 from trainspect.alerts.stats import finite, num
+from trainspect.eval.trends import CE_MIN_GAIN, RECENT_EVALS
 
 HIGHER_IS_BETTER = {"eval/em": True, "eval/ce": False}
 
@@ -29,14 +30,17 @@ def _where(ctx: Context, step: int) -> str:
 
 
 class EvalPlateau(Rule):
-    """The fixed-eval metric stopped improving.
+    """The fixed eval stopped improving: EM and CE alike.
 
-    Reads `eval/em` (higher is better), or `eval/ce` (lower is better) when the run
-    has no EM. With at least 4 evals: the best of the last 3 evals is no better than
-    the best before them by more than 0.005 EM (absolute) or 1% CE (relative), and
-    not worse by more than 0.02 EM / 5% CE either (that is `regression`). Info: a
-    plateau is a decision point, not a fault. Clears at the first eval that improves
-    on the best. Subject: the metric. Quiet while the fixed eval's own `eval_plateau`
+    Reads `eval/em` (higher is better) and `eval/ce` (lower is better). A metric is
+    flat when, with at least 4 evals, the best of its last 3 evals is no better than
+    the best before them by more than 0.005 EM (absolute) or 1% CE (relative), and not
+    worse by more than 0.02 EM / 5% CE either (that is `regression`). The plateau needs
+    every eval metric the run logs to be flat: EM moves in whole examples and can sit
+    at 0 for many evals while CE falls, and a metric that has never left 0 says nothing
+    (EM is then not judged). Info: a plateau is a decision point, not a fault. Clears
+    at the first eval that improves on the best. Subject: the headline metric (EM once
+    it has been above 0, else CE). Quiet while the fixed eval's own `eval_plateau`
     alert is out (runs that evaluate with `run.evaluate` get that one).
     """
 
@@ -45,37 +49,46 @@ class EvalPlateau(Rule):
     keys = ("eval/em", "eval/ce")
     history = 256
     covered_by = {"*": ("eval_plateau",)}
-    patience = 3  # evals without improvement
+    patience = RECENT_EVALS  # evals without improvement
     clear_after = 1
     em_delta = 0.005  # EM must rise by more than this (absolute) to count as improvement
-    ce_rel_delta = 0.01  # CE must fall by more than this share to count
+    ce_rel_delta = CE_MIN_GAIN  # CE must fall by more than this share to count
     action = ""
 
     def check(self, ctx: Context) -> CheckResult:
-        key = "eval/em" if ctx.has("eval/em") else "eval/ce"
-        if key not in ctx.new:
+        if not any(k in ctx.new for k in self.keys):
             return HOLD
-        return {key: self._check_key(ctx, key)}
+        h = ctx.history("eval/em")
+        em_moved = h is not None and h.max > 0
+        judged = [k for k in self.keys if ctx.has(k) and (k != "eval/em" or em_moved)]
+        if not judged:
+            return HOLD
+        subject = judged[0]
+        flats = [self._flat(ctx, k) for k in judged]
+        if not all(flats):
+            return {subject: None}
+        return {subject: self._finding(ctx, subject, judged)}
 
-    def _check_key(self, ctx: Context, key: str) -> Finding | None:
-        steps, values = ctx.tail(key)
+    def _flat(self, ctx: Context, key: str) -> bool:
+        values = ctx.tail(key)[1]
         if finite(values).size < self.patience + 1:
-            return None
+            return False
         higher = HIGHER_IS_BETTER[key]
         before, recent = values[: -self.patience], values[-self.patience:]
         b, r = before[_best(before, higher)], recent[_best(recent, higher)]
         if higher:
-            flat = b - 0.02 <= r <= b + self.em_delta
-        else:
-            flat = b * (1 - self.ce_rel_delta) <= r <= b * 1.05
-        if not flat:
-            return None
-        best_i = _best(values, higher)
-        best_step = int(steps[best_i])
-        where = _where(ctx, best_step)
+            return bool(b - 0.02 <= r <= b + self.em_delta)
+        return bool(b * (1 - self.ce_rel_delta) <= r <= b * 1.05)
+
+    def _finding(self, ctx: Context, key: str, judged: list[str]) -> Finding:
+        steps, values = ctx.tail(key)
+        best_i = _best(values, HIGHER_IS_BETTER[key])
+        where = _where(ctx, int(steps[best_i]))
+        also = [k for k in judged if k != key]
+        others = f" ({', '.join(also)} flat too)" if also else ""
         return Finding(
             f"{key} has not improved for {self.patience} evals (latest {num(values[-1])}, "
-            f"best {num(values[best_i])} at {where})", subject=key,
+            f"best {num(values[best_i])} at {where}){others}", subject=key,
             action=f"Diminishing returns: consider stopping and keeping the checkpoint from "
                    f"{where}. To go further, add data for the weakest patterns (`trainspect "
                    f"doctor` lists them) or change the schedule (lower LR, longer decay).")

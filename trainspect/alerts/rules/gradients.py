@@ -1,13 +1,9 @@
-"""Nothing is learning: zero or detached gradients, a frozen model, LoRA B still zero."""
+"""Nothing is learning: zero or detached gradients, a frozen model (weights that never
+move are `updates.py`'s)."""
 
 from __future__ import annotations
 
-import re
-
-from trainspect.alerts.rule import HOLD, CheckResult, Context, Finding, Rule
-from trainspect.alerts.stats import num
-
-_LORA_DELTA = re.compile(r"^lora/([^/]+)/([^/]+)$")  # lora/<layer>/<block>: ||dW||_F
+from trainspect.alerts.rule import CheckResult, Context, Finding, Rule
 
 
 class NoGradient(Rule):
@@ -42,39 +38,3 @@ class NoGradient(Rule):
         if not why:
             return None
         return Finding(f"no gradient at step {ctx.step}: {'; '.join(why)}")
-
-
-class LoraBZero(Rule):
-    """LoRA adapters that still change nothing after `after_steps` steps.
-
-    From step 100 on: `lora/b_zero_layers` > 0 or `lora/b_zero_frac` > 0 (adapters
-    whose B matrix is still all zero, so B @ A = 0) fires a warning; every
-    `lora/<layer>/<block>` update norm ||dW||_F being exactly 0 fires critical (no
-    adapter moved at all). Clears after 3 checks without it. Quiet while the LoRA
-    probe's own `lora.b_zero` alert is out.
-    """
-
-    id = "lora_b_zero"
-    keys = ("lora/*",)
-    history = 4
-    after_steps = 100
-    covered_by = {"*": ("lora.b_zero",)}
-    action = ("The adapters are not training: check that the LoRA parameters are in the "
-              "optimizer and require grad, that the learning rate is not 0, that the "
-              "adapter is active (not disabled or merged), and that the loss reaches "
-              "the adapted layers.")
-
-    def check(self, ctx: Context) -> CheckResult:
-        if ctx.step < self.after_steps:
-            return HOLD
-        deltas = {k: ctx.last(k) for k in ctx.keys("lora/*") if _LORA_DELTA.match(k)}
-        if deltas and all(v == 0 for v in deltas.values()):
-            return Finding(f"every LoRA update norm is 0 at step {ctx.step} "
-                           f"({len(deltas)} layer blocks): no adapter has moved",
-                           level="critical")
-        for key in ("lora/b_zero_layers", "lora/b_zero_frac"):
-            zero_b = ctx.new.get(key)
-            if zero_b is not None and zero_b > 0:
-                return Finding(f"{key} = {num(zero_b)} at step {ctx.step}: those adapters' "
-                               "B matrices are still all zero, so they change nothing")
-        return None

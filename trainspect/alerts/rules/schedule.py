@@ -83,3 +83,97 @@ class LrFrozenWarmup(Rule):
         return Finding(f"{key} has stayed at {num(inside[0])} for {inside.size} points "
                        f"(steps {int(steps[steps >= 1][0])}-{ctx.step}) although "
                        f"warmup_steps={warmup} is configured: the warmup is not ramping")
+
+
+# Names loops use when they log a GradScaler's scale (scaler.get_scale()).
+LOSS_SCALE_KEYS = ("loss_scale", "train/loss_scale", "amp/loss_scale", "grad_scale",
+                   "scaler/scale")
+
+
+class LossScaleCollapse(Rule):
+    """The fp16 loss scale keeps halving: nearly every step overflows and is skipped.
+
+    Reads a logged GradScaler scale (`loss_scale`, `train/loss_scale`, `amp/loss_scale`,
+    `grad_scale`, `scaler/scale`). A GradScaler halves its scale at each step whose
+    gradients overflow (and skips that step) and doubles it after 2,000 clean steps:
+    a healthy run settles within a few halvings of its initial 2^16. Fires (critical)
+    when the scale has fallen 256x (8 halvings) below its maximum over its last 20
+    points, or below 1. Clears when it is back within 16x of that maximum.
+    """
+
+    id = "loss_scale_collapse"
+    level = "critical"
+    keys = LOSS_SCALE_KEYS
+    history = 24
+    window = 20
+    collapse = 256.0  # fall from the recent maximum
+    recover = 16.0
+    action = ("Mixed-precision overflow on every step: the scaler skips them, so nothing "
+              "trains. Train in bf16 instead of fp16 if the hardware has it; otherwise find "
+              "the op that overflows (hidden/*/absmax, the first non-finite module), keep "
+              "it in fp32 (autocast exclusions, an fp32 softmax or norm), and lower the "
+              "learning rate.")
+
+    def check(self, ctx: Context) -> CheckResult:
+        key = next((k for k in LOSS_SCALE_KEYS if k in ctx.new), None)
+        if key is None:
+            return HOLD
+        values = [v for v in ctx.recent(key, self.window) if v == v]
+        scale = ctx.new[key]
+        top = max(values) if values else scale
+        if not (scale > 0) or not (top > 0):
+            return None
+        limit = self.recover if ctx.active() else self.collapse
+        if top / scale < limit and scale >= 1.0:
+            return None
+        return Finding(f"{key} fell to {num(scale)} at step {ctx.step}, {num(top / scale)}x "
+                       f"below its maximum {num(top)} over the last {len(values)} points: "
+                       "the optimizer step is being skipped for overflow")
+
+
+# Config names for decoupled weight decay (AdamW, HF TrainingArguments, Lightning).
+WEIGHT_DECAY_KEYS = ("weight_decay", "wd", "optim_weight_decay")
+
+
+class WeightDecayTooStrong(Rule):
+    """Weight decay times learning rate shrinks the weights by 1% or more at every step.
+
+    Decoupled weight decay (AdamW) multiplies every weight by (1 - lr x weight_decay)
+    at each step. Usual settings give 1e-6 to 1e-4 per step; at >= 0.01 the weights
+    lose half their size every 70 steps, faster than training can rebuild them, so the
+    model stays near zero and learns almost nothing (a weight_decay of 50 typed for
+    0.05 does that). Needs `weight_decay` (or `wd`) in the run's config and a logged
+    learning rate. Critical, fires at the first such step; clears when lr x
+    weight_decay falls below 0.005 for 3 points (a decayed schedule).
+    """
+
+    id = "weight_decay_too_strong"
+    level = "critical"
+    keys = LR_KEYS
+    history = 4
+    fire_shrink = 0.01  # per step
+    clear_shrink = 0.005
+    action = ("Check the weight decay: AdamW's weight_decay is multiplied by the learning "
+              "rate at every step, so values around 0.01-0.1 are the usual range; lower it "
+              "(a misplaced decimal point, or an L2 coefficient meant for SGD, gives this).")
+
+    def check(self, ctx: Context) -> CheckResult:
+        decay = next((ctx.config.get(k) for k in WEIGHT_DECAY_KEYS
+                      if isinstance(ctx.config.get(k), (int, float))
+                      and not isinstance(ctx.config.get(k), bool)), None)
+        key = next((k for k in LR_KEYS if k in ctx.new), None)
+        if decay is None or key is None or not decay > 0:
+            return HOLD
+        shrink = ctx.new[key] * decay
+        limit = self.clear_shrink if ctx.active() else self.fire_shrink
+        if not shrink >= limit:
+            return None
+        return Finding(f"weight_decay {num(decay)} x {key} {num(ctx.new[key])} at step "
+                       f"{ctx.step} shrinks every weight by {num(100 * shrink)}% a step: "
+                       f"half its size in {_half_life(shrink):.0f} steps")
+
+
+def _half_life(shrink: float) -> float:
+    import math
+
+    return math.log(0.5) / math.log(1.0 - shrink) if 0 < shrink < 1 else 0.0

@@ -19,6 +19,7 @@ from trainspect.dashboard.panels import (
     predictions,
     scalars,
     speed,
+    system,
     tokens,
 )
 from trainspect.dashboard.panels.base import Panel
@@ -26,7 +27,7 @@ from trainspect.dashboard.panels.base import Panel
 PANELS: dict[str, Panel] = {
     m.PANEL.name: m.PANEL
     for m in (doctor, alerts, loss, tokens, fixed_eval, patterns, calibration, predictions,
-              losses, lora, gradients, hidden, speed, scalars)
+              losses, lora, gradients, hidden, speed, scalars, system)
 }
 
 __all__ = ["PANELS", "Panel"]

@@ -54,6 +54,12 @@ class Panel:
     """Parameter sets the HTML report precomputes (step slider positions, streams)."""
     claims: Callable[[str], bool] = field(default=lambda key: False)
     """Whether a scalar key is shown by this panel (others go to "other metrics")."""
+    tab: str = "training"
+    """The dashboard tab it is on: "training" or "system"."""
+
+    def meta(self) -> dict[str, Any]:
+        """What the page needs to lay the panel out (the dashboard's and report's list)."""
+        return {"name": self.name, "title": self.title, "overlay": self.overlay, "tab": self.tab}
 
 
 # ---- parameters ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ on the diagonal.
 
 from __future__ import annotations
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import (
     ClientError,
     Data,
@@ -59,7 +60,8 @@ def _impl(view: RunView, stream: str = "", step: int | None = None,
     ece_chart = chart("ece", "Expected calibration error over time", view, ece_keys, buckets)
     if not names:
         return {"empty": ece_chart is None, "streams": [], "stream": "", "steps": [],
-                "bins": [], "charts": [ece_chart] if ece_chart else []}
+                "bins": [], "charts": [ece_chart] if ece_chart else [],
+                "reason": None if ece_chart else reasons.calibration(view)}
     stream = stream or names[0]
     if stream not in names:
         raise ClientError(f"no calibration matrix for stream {stream!r}; streams: {names}", 404)

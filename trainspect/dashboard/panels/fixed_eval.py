@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import (
     Data,
     Panel,
@@ -82,6 +83,8 @@ def _impl(view: RunView, buckets: int | None = 1000, window: int = 3) -> Data:
     data["evals"] = len(em)
     data["trend"] = trend([v for _, v in em], window) if em else None
     data["best"] = best_checkpoint(view, em) if em or "best_checkpoint" in view.meta else None
+    if data["empty"]:
+        data["reason"] = reasons.fixed_eval(view)
     return data
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import (
     Data,
     Panel,
@@ -46,6 +47,8 @@ def _impl(view: RunView, buckets: int | None = 1000) -> Data:
               labels={f"grad/{n}/norm": n for n in ranked}, have=have),
         chart("other", "Other gradient metrics", view, other, buckets, have=have),
     ])
+    if data["empty"]:
+        data["reason"] = reasons.watched(view, "gradient statistics", "grad/")
     data["table"] = {"columns": ["layer", "norm"],
                      "rows": [[n, finite(latest.get(f"grad/{n}/norm"))] for n in ranked]}
     return data

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import (
     Data,
     Panel,
@@ -52,6 +53,8 @@ def _impl(view: RunView, buckets: int | None = 1000) -> Data:
     ])
     rows = [[m, *(finite(latest.get(f"hidden/{m}/{s}")) for s in stats)] for m in modules]
     data["table"] = {"columns": ["module", *stats], "rows": rows}
+    if data["empty"]:
+        data["reason"] = reasons.watched(view, "hidden-state statistics", "hidden/")
     data["nonfinite_modules"] = [m for m in modules
                                  if (finite(latest.get(f"hidden/{m}/nonfinite")) or 0.0) > 0]
     return data

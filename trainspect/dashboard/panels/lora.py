@@ -2,27 +2,37 @@
 
 The matrix `lora/layers` holds ||dW||_F per layer (rows) and block (columns: qkv,
 o, mlp) at each step it was written. The panel shows a layers x steps heatmap of
-each layer's total (the row sum) over time, the top-k layers at the chosen step as
-bars, and the per-block split. Without the matrix it falls back to the latest
-`lora/<layer>/<block>` scalars.
+each layer's total (sqrt of the blocks' sum of squares: the layer's Frobenius norm)
+over time, the top-k layers at the chosen step as bars, and the per-block split.
+Without the matrix it falls back to the latest `lora/<layer>/<block>` scalars. A
+full fine-tune has no adapters: then the same views show `delta/layers`, each
+layer's ‖W - W0‖_F since the watch began.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import Data, Panel, Params, finite, int_param
 from trainspect.store.reader import RunView
 
 NAME = "lora"
 TITLE = "LoRA layers"
 MATRIX = "lora/layers"
+FULL = "delta"  # `delta/layers`, `delta/<layer>/<block>`: trainable weights that are not LoRA
 MAX_TIMELINE_STEPS = 120  # heatmap columns; older steps are thinned evenly
-_SCALAR = re.compile(r"^lora/(.+)/([^/]+)$")
+_SCALAR = re.compile(r"^(lora|delta)/(.+)/([^/]+)$")
 
 
 def claims(key: str) -> bool:
-    return key.startswith("lora/")
+    return key.startswith(("lora/", "delta/"))
+
+
+def layer_norm(blocks: list[float]) -> float:
+    """A layer's ||dW||_F from its blocks' (disjoint weights): sqrt of the sum of squares."""
+    return math.sqrt(sum(v * v for v in blocks))
 
 
 def thin(steps: list[int], limit: int) -> list[int]:
@@ -33,12 +43,12 @@ def thin(steps: list[int], limit: int) -> list[int]:
     return [steps[i] for i in sorted(picks)]
 
 
-def _from_scalars(view: RunView) -> Data | None:
+def _from_scalars(view: RunView, family: str) -> Data | None:
     cells: dict[tuple[str, str], float] = {}
     for key, value in view.latest_values().items():
         m = _SCALAR.match(key)
-        if m:
-            cells[(m.group(1), m.group(2))] = value
+        if m and m.group(1) == family:
+            cells[(m.group(2), m.group(3))] = value
     if not cells:
         return None
     layers = sorted({r for r, _ in cells}, key=_layer_order)
@@ -52,29 +62,39 @@ def _layer_order(label: str) -> tuple[int, str]:
     return (int(m.group(0)) if m else -1, label)
 
 
+def _family(view: RunView) -> str:
+    """"lora" when the run has adapters, else "delta" (a full fine-tune's weight change)."""
+    if MATRIX in view.matrix_names() or any(k.startswith("lora/") for k in view.keys()):
+        return "lora"
+    return FULL
+
+
 def _impl(view: RunView, step: int | None = None, top_k: int = 5) -> Data:
-    matrix = view.matrix(MATRIX, step)
-    source = MATRIX
+    family = _family(view)
+    name = f"{family}/layers"
+    matrix = view.matrix(name, step)
+    source = name
     if matrix is None:
-        matrix, source = _from_scalars(view), "scalars"
+        matrix, source = _from_scalars(view, family), "scalars"
     if matrix is None:
-        return {"empty": True, "steps": [], "top": [], "timeline": None}
+        return {"empty": True, "steps": [], "top": [], "timeline": None,
+                "reason": reasons.watched(view, "LoRA data", "lora/")}
     values = [[finite(v) or 0.0 for v in row] for row in matrix["values"]]
     layers = [str(r) for r in matrix["row_labels"]] or [str(i) for i in range(len(values))]
     blocks = [str(c) for c in matrix["col_labels"]] or [
         str(j) for j in range(len(values[0]) if values else 0)]
-    totals = [sum(row) for row in values]
+    totals = [layer_norm(row) for row in values]
     order = sorted(range(len(layers)), key=lambda i: -totals[i])
     top = [{"layer": layers[i], "total": totals[i], "blocks": dict(zip(blocks, values[i]))}
            for i in order[:top_k]]
-    steps = view.matrix_steps(MATRIX)
+    steps = view.matrix_steps(name)
     timeline = None
-    if source == MATRIX and steps:
+    if source == name and steps:
         shown = thin(steps, MAX_TIMELINE_STEPS)
         columns = []
         for s in shown:
-            m = view.matrix(MATRIX, s)
-            columns.append([sum(finite(v) or 0.0 for v in row) for row in m["values"]])
+            m = view.matrix(name, s)
+            columns.append([layer_norm([finite(v) or 0.0 for v in row]) for row in m["values"]])
         n = max(len(c) for c in columns)
         timeline = {"steps": shown, "row_labels": layers[:n] + [str(i) for i in
                                                                range(len(layers), n)],
@@ -82,9 +102,10 @@ def _impl(view: RunView, step: int | None = None, top_k: int = 5) -> Data:
                                for i in range(n)]}
     table = {"columns": ["layer", *blocks, "total"],
              "rows": [[layers[i], *values[i], totals[i]] for i in range(len(layers))]}
+    note = "" if family == "lora" else "no LoRA adapters: ||W - W0|| of the trained weights"
     return {"empty": False, "source": source, "steps": steps, "step": matrix["step"],
             "layers": layers, "blocks": blocks, "values": values, "totals": totals,
-            "top": top, "timeline": timeline, "table": table}
+            "top": top, "timeline": timeline, "table": table, "family": family, "note": note}
 
 
 def query(view: RunView, params: Params) -> Data:

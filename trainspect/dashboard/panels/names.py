@@ -2,7 +2,7 @@
 
 `<stream>/<metric>` and `<stream>/<group><i>/<metric>` are token metrics when the
 metric is one the token probe writes and the first segment is not one of the
-fixed families (loss, lora, grad, hidden, speed, mem, eval).
+fixed families (loss, lora, grad, hidden, speed, mem, eval, sys).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ TOKEN_METRICS = (
     "confident_wrong", "supervised_tokens", "empty_mask_batches", "teacher_agree", "kl",
     "alpha", "accept_len",
 )
-FAMILIES = frozenset({"loss", "lora", "grad", "hidden", "speed", "mem", "eval", "train", "lr"})
+FAMILIES = frozenset({"loss", "lora", "grad", "hidden", "speed", "mem", "eval", "train", "lr",
+                      "sys"})
 
 _STREAM_KEY = re.compile(r"^([^/]+)/([^/]+)$")
 _GROUP_KEY = re.compile(r"^([^/]+)/([A-Za-z_]+?)(\d+)/([^/]+)$")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import Data, Panel, Params, finite, int_param
 from trainspect.store.reader import RunView
 
@@ -54,7 +55,8 @@ def _impl(view: RunView, step: int | None = None) -> Data:
     if matrix is None:
         matrix, source = from_scalars(view), "scalars"
     if matrix is None:
-        return {"empty": True, "steps": [], "values": [], "row_labels": [], "col_labels": []}
+        return {"empty": True, "steps": [], "values": [], "row_labels": [], "col_labels": [],
+                "reason": reasons.fixed_eval(view, "pattern x length results")}
     values = [[finite(v) for v in row] for row in matrix["values"]]
     rows = [str(r) for r in matrix["row_labels"]] or [str(i) for i in range(len(values))]
     cols = [str(c) for c in matrix["col_labels"]] or [str(j) for j in

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import (
     Data,
     Panel,
@@ -85,7 +86,8 @@ def _impl(view: RunView, step: int | None = None, stream: str = "",
           sample_id: str = "") -> Data:
     steps = view.sample_steps()
     if not steps:
-        return {"empty": True, "steps": [], "rows": [], "streams": [], "sample_ids": []}
+        return {"empty": True, "steps": [], "rows": [], "streams": [], "sample_ids": [],
+                "reason": reasons.predictions(view)}
     if sample_id:
         rows = [r for r in view.samples(stream=stream or None) if str(r["sample_id"]) == sample_id]
         rows = rows[-MAX_FOLLOW_STEPS:]

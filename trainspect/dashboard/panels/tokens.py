@@ -8,6 +8,7 @@ holds the rest back stands out there.
 
 from __future__ import annotations
 
+from trainspect.dashboard.panels import reasons
 from trainspect.dashboard.panels.base import (
     ClientError,
     Data,
@@ -35,7 +36,8 @@ def _impl(view: RunView, stream: str = "", buckets: int | None = 1000) -> Data:
     keys = view.keys()
     names = streams(keys)
     if not names:
-        return charts_data([], streams=[], stream="", groups=[], table=None)
+        return charts_data([], streams=[], stream="", groups=[], table=None,
+                           reason=reasons.tokens(view))
     stream = stream or names[0]
     if stream not in names:
         raise ClientError(f"no token stream {stream!r} in this run; it has {names}", 404)
@@ -58,9 +60,12 @@ def _impl(view: RunView, stream: str = "", buckets: int | None = 1000) -> Data:
         row = [metric, finite(latest.get(f"{stream}/{metric}"))]
         row += [finite(latest.get(f"{stream}/{g}{i}/{metric}")) for g, i in members]
         rows.append(row)
+    fused = stream in reasons.fused_streams(keys)
     return charts_data(charts, streams=names, stream=stream,
                        groups=[f"{g}{i}" for g, i in members],
-                       table={"columns": columns, "rows": rows})
+                       table={"columns": columns, "rows": rows},
+                       note="from per-token log-probabilities: the model gave no logits, so "
+                            "no confidence, calibration or samples" if fused else "")
 
 
 def query(view: RunView, params: Params) -> Data:

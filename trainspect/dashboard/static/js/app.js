@@ -1,141 +1,6 @@
-// The page: the runs list, one card per panel (collapsible, exportable), compare, and
-// live updates. Panel views live in js/panels/<name>.js and register in TS.views.
+// The page: the runs list, the toolbar (tabs, filter, smoothing, log axes), one card per
+// panel, compare with a colour per run, and live updates. Cards are in js/card.js.
 "use strict";
-
-TS.Card = class {
-  constructor(app, meta) {
-    this.app = app;
-    this.name = meta.name;
-    this.title = meta.title;
-    this.overlay = meta.overlay;
-    this.params = {};
-    this.charts = [];
-    this.data = null;
-    this.stale = true;
-    this.loading = null;
-    this.collapsed = localStorage.getItem("ts.collapsed." + this.name) === "1";
-    const toggle = TS.el("button", {class: "toggle", title: "collapse or expand",
-      "aria-expanded": String(!this.collapsed), onclick: () => this.setCollapsed(!this.collapsed)},
-      this.collapsed ? "+" : "-");
-    this.toggleButton = toggle;
-    const exporter = (fmt) => TS.el("button", {class: "export", title: `export as ${fmt.toUpperCase()}`,
-      onclick: () => this.app.source.exportPanel(this.app.primary, this.name, fmt, this.params)},
-      fmt.toUpperCase());
-    this.note = TS.el("span", {class: "card-note"});
-    this.body = TS.el("div", {class: "card-body"});
-    this.el = TS.el("section", {class: "card", id: "panel-" + this.name, dataset: {panel: this.name}},
-      TS.el("h2", {class: "card-head"}, toggle,
-        TS.el("span", {class: "card-title", onclick: () => this.setCollapsed(!this.collapsed)}, this.title),
-        this.note, TS.el("span", {class: "spacer"}), exporter("csv"), exporter("json")),
-      this.body);
-    this.el.classList.toggle("collapsed", this.collapsed);
-  }
-
-  setCollapsed(collapsed) {
-    this.collapsed = collapsed;
-    localStorage.setItem("ts.collapsed." + this.name, collapsed ? "1" : "0");
-    this.el.classList.toggle("collapsed", collapsed);
-    this.toggleButton.textContent = collapsed ? "+" : "-";
-    this.toggleButton.setAttribute("aria-expanded", String(!collapsed));
-    if (!collapsed && this.stale) this.load();
-  }
-
-  setParams(params) {
-    this.params = Object.assign({}, this.params, params);
-    this.load();
-  }
-
-  // Fetch for the primary run (and the compared runs, for overlay panels), then render.
-  load() {
-    if (!this.app.primary) return Promise.resolve();
-    if (this.collapsed) { this.stale = true; return Promise.resolve(); }
-    this.stale = false;
-    const refs = this.overlay ? this.app.refs() : [this.app.primary];
-    const token = this.loading = {};
-    const src = this.app.source;
-    return Promise.all(refs.map((ref) => src.panel(ref, this.name, this.params)
-      .catch((err) => (ref === this.app.primary ? Promise.reject(err) : null))))
-      .then((results) => {
-        if (token !== this.loading) return;
-        const data = results[0];
-        if (this.overlay && refs.length > 1) {
-          data.charts = TS.mergeCharts(refs.map((ref, i) => ({ref: ref, run: i,
-            label: this.app.runLabel(ref), data: results[i]})));
-          data.empty = data.empty && !data.charts.length;
-        } else if (data.charts) {
-          for (const c of data.charts) for (const s of c.series) { s.ref = refs[0]; s.run = 0; }
-        }
-        this.data = data;
-        this.render();
-      })
-      .catch((err) => {
-        if (token !== this.loading) return;
-        this.destroyCharts();
-        TS.clear(this.body).appendChild(TS.el("div", {class: "error"}, "could not load: " + err.message));
-      });
-  }
-
-  destroyCharts() {
-    for (const c of this.charts) c.destroy();
-    this.charts = [];
-  }
-
-  render() {
-    const view = TS.views[this.name];
-    this.destroyCharts();
-    TS.clear(this.body);
-    this.note.textContent = this.data.note || "";
-    if (!view) { this.body.appendChild(TS.empty("no view for this panel")); return; }
-    if (this.data.empty && !view.renderEmpty) {
-      this.body.appendChild(TS.empty(view.hint || "No data yet."));
-      return;
-    }
-    try {
-      view.render(this.body, this.data, this.context());
-    } catch (err) {
-      this.body.appendChild(TS.el("div", {class: "error"}, "this panel failed to draw: " + err.message));
-      if (window.console) console.error(err);
-    }
-  }
-
-  context() {
-    const card = this;
-    return {
-      params: this.params,
-      set: (params) => card.setParams(params),
-      live: this.app.source.live,
-      ref: this.app.primary,
-      chart(container, spec, opts) {
-        const detail = card.app.source.live ? (s, lo, hi) => card.app.source.detail(s.ref, s.key, lo, hi) : null;
-        const chart = new TS.LineChart(container, spec, Object.assign({detail: detail}, opts || {}));
-        card.charts.push(chart);
-        return chart;
-      },
-      charts(container, charts, opts) {
-        const grid = TS.el("div", {class: "chart-grid" + (opts && opts.small ? " small" : "")});
-        container.appendChild(grid);
-        for (const spec of charts) this.chart(grid, spec, opts);
-        return grid;
-      },
-    };
-  }
-};
-
-// Overlay: each chart id gathers the series of every run, labelled by run.
-TS.mergeCharts = function (parts) {
-  const byId = new Map();
-  for (const part of parts) {
-    if (!part.data || !part.data.charts) continue;
-    for (const c of part.data.charts) {
-      if (!byId.has(c.id)) byId.set(c.id, {id: c.id, title: c.title, series: []});
-      for (const s of c.series) {
-        byId.get(c.id).series.push(Object.assign({}, s, {ref: part.ref, run: part.run,
-          label: part.label + ": " + s.label}));
-      }
-    }
-  }
-  return Array.from(byId.values());
-};
 
 TS.App = class {
   constructor(source) {
@@ -150,9 +15,62 @@ TS.App = class {
 
   refs() { return [this.primary, ...this.compare.filter((r) => r !== this.primary)]; }
 
+  // A run's label in legends and chips: its name, or when it has none (the name is the
+  // id) the shortest tail of its id that tells it from the other runs shown.
   runLabel(ref) {
     const run = this.runs.find((r) => r.ref === ref);
-    return run ? (run.name !== run.id ? run.name : run.id) : ref;
+    if (!run) return ref;
+    if (run.name && run.name !== run.id) return run.name;
+    const parts = run.id.split("-");
+    const others = this.refs().filter((r) => r !== ref).map((r) => {
+      const o = this.runs.find((x) => x.ref === r);
+      return o ? o.id : r;
+    });
+    for (let n = 1; n < parts.length; n++) {
+      const tail = parts.slice(-n).join("-");
+      if (!others.some((id) => id.endsWith(tail))) return tail;
+    }
+    return run.id;
+  }
+
+  // A run's colour in comparisons: the one picked for it, else the palette by position.
+  runColour(ref) {
+    const picked = TS.settings.colours[ref];
+    if (picked) return picked;
+    const i = Math.max(0, this.refs().indexOf(ref));
+    return TS.palette[i % TS.palette.length];
+  }
+
+  // `#run=` and `compare=` may name a run by project/id, bare id, unique suffix or name:
+  // the server (or the report) says which run that is, and the page uses its project/id.
+  async resolve(ref) {
+    if (!ref) return null;
+    const known = this.runs.find((r) => r.ref === ref);
+    if (known) return known.ref;
+    const found = await this.source.resolve(ref);
+    return found.ref;
+  }
+
+  async readHash() {
+    const hash = new URLSearchParams(window.location.hash.slice(1));
+    const tab = hash.get("tab");  // a link without one opens the first tab
+    TS.settings.tab = tab && TS.TABS.some(([name]) => name === tab) ? tab : TS.TABS[0][0];
+    const wanted = hash.get("run");
+    const compare = (hash.get("compare") || "").split(",").filter(Boolean);
+    this.problem = null;
+    try {
+      this.primary = (await this.resolve(wanted)) || this.primary || (this.runs[0] && this.runs[0].ref) || null;
+    } catch (err) {
+      this.problem = `run ${wanted}: ${err.message}`;
+      this.primary = null;
+    }
+    const resolved = [];
+    for (const ref of compare) {
+      try { resolved.push(await this.resolve(ref)); } catch (err) {
+        this.problem = (this.problem ? this.problem + "; " : "") + `compare ${ref}: ${err.message}`;
+      }
+    }
+    this.compare = resolved.filter((r) => r && r !== this.primary);
   }
 
   async start() {
@@ -161,7 +79,7 @@ TS.App = class {
       url.searchParams.delete("token");
       history.replaceState(null, "", url.pathname + url.search + url.hash);
     }
-    const hash = new URLSearchParams(window.location.hash.slice(1));
+    TS.loadSettings();
     if (!this.source.live) {
       const badge = document.getElementById("live");
       badge.textContent = "report, " + TS.when(this.source.report.generated_at);
@@ -170,19 +88,19 @@ TS.App = class {
     const metas = await this.source.panels();
     this.runsCard = TS.views.runs.mount(document.getElementById("sidebar"), this);
     await this.refreshRuns();
-    this.primary = hash.get("run") || (this.runs[0] && this.runs[0].ref) || null;
-    this.compare = (hash.get("compare") || "").split(",").filter((r) => r && r !== this.primary);
+    await this.readHash();
     const main = document.getElementById("panels");
+    this.toolbar = new TS.Toolbar(this, main);
     for (const meta of metas) {
       const card = new TS.Card(this, meta);
       this.cards.push(card);
       main.appendChild(card.el);
     }
     this.selectionChanged();
-    window.addEventListener("hashchange", () => {  // a pasted link or edited address
-      const h = new URLSearchParams(window.location.hash.slice(1));
-      this.primary = h.get("run") || this.primary;
-      this.compare = (h.get("compare") || "").split(",").filter((r) => r && r !== this.primary);
+    window.addEventListener("hashchange", async () => {  // a pasted link or edited address
+      await this.readHash();
+      this.toolbar.showTab();
+      for (const card of this.cards) card.showTab();
       this.selectionChanged();
     });
     if (this.source.live) {
@@ -196,7 +114,7 @@ TS.App = class {
       this.runs = data.runs;
       this.runsCard.update(this.runs);
       this.showHeader();
-      if (!this.primary && this.runs.length && this.cards.length) this.select(this.runs[0].ref);
+      if (!this.primary && !this.problem && this.runs.length && this.cards.length) this.select(this.runs[0].ref);
     } catch (err) {
       this.runsCard.error(err.message);
     }
@@ -204,6 +122,7 @@ TS.App = class {
 
   select(ref) {
     this.primary = ref;
+    this.problem = null;
     this.compare = this.compare.filter((r) => r !== ref);
     this.selectionChanged();
   }
@@ -214,16 +133,56 @@ TS.App = class {
     this.selectionChanged();
   }
 
-  selectionChanged() {
+  setTab(tab) {
+    TS.settings.tab = tab;
+    this.writeHash();
+    this.toolbar.showTab();
+    for (const card of this.cards) card.showTab();
+  }
+
+  applyFilter() {
+    for (const card of this.cards) card.applyFilter();
+  }
+
+  redrawCharts() {
+    for (const card of this.cards) card.redrawCharts();
+  }
+
+  // Show or hide every line of one run, in every chart, without fetching again.
+  toggleRun(ref) {
+    const hidden = TS.settings.hidden;
+    if (hidden.has(ref)) hidden.delete(ref); else hidden.add(ref);
+    for (const card of this.cards) for (const chart of card.charts) chart.showRun(ref, !hidden.has(ref));
+    this.showHeader();
+  }
+
+  setRunColour(ref, colour) {
+    TS.settings.colours[ref] = colour;
+    TS.saveSettings();
+    this.redrawCharts();
+    this.runsCard.update(this.runs);
+  }
+
+  writeHash() {
     const hash = new URLSearchParams();
     if (this.primary) hash.set("run", this.primary);
     if (this.compare.length) hash.set("compare", this.compare.join(","));
+    if (TS.settings.tab !== "training") hash.set("tab", TS.settings.tab);
     history.replaceState(null, "", window.location.pathname + window.location.search + "#" + hash.toString());
+  }
+
+  selectionChanged() {
+    this.writeHash();
     this.showHeader();
     this.runsCard.update(this.runs);
     for (const card of this.cards) card.params = {};
     if (!this.primary) {
-      for (const card of this.cards) TS.clear(card.body).appendChild(TS.empty("No runs yet."));
+      const text = this.problem ? "No such run: " + this.problem : "No runs yet.";
+      for (const card of this.cards) {
+        card.data = null;
+        card.destroyCharts();
+        TS.clear(card.body).appendChild(TS.empty(text));
+      }
       return;
     }
     if (this.source.live) {
@@ -245,9 +204,17 @@ TS.App = class {
     badge.textContent = run ? run.status : "";
     badge.className = "badge status-" + (run ? run.status : "none");
     const list = TS.clear(document.getElementById("compare-list"));
-    for (const ref of this.compare) {
-      list.appendChild(TS.el("span", {class: "chip"}, "vs " + this.runLabel(ref),
-        TS.el("button", {title: "stop comparing", onclick: () => this.toggleCompare(ref, false)}, "x")));
+    if (!this.compare.length) return;
+    for (const ref of this.refs()) {  // a chip per run: colour, show/hide, stop comparing
+      const hidden = TS.settings.hidden.has(ref);
+      const swatch = TS.el("input", {type: "color", class: "swatch", value: this.runColour(ref),
+        title: "this run's colour", onchange: (e) => this.setRunColour(ref, e.target.value)});
+      list.appendChild(TS.el("span", {class: "chip run-chip" + (hidden ? " hidden-run" : ""), dataset: {ref: ref}},
+        swatch,
+        TS.el("button", {class: "run-toggle", title: hidden ? "show this run" : "hide this run",
+          onclick: () => this.toggleRun(ref)}, (ref === this.primary ? "" : "vs ") + this.runLabel(ref)),
+        ref === this.primary ? null : TS.el("button", {class: "run-remove", title: "stop comparing",
+          onclick: () => this.toggleCompare(ref, false)}, "x")));
     }
   }
 
@@ -264,7 +231,7 @@ TS.App = class {
     for (const [key, points] of Object.entries(ev.scalars || {})) {
       let shown = false;
       for (const card of this.cards) {
-        if (card.collapsed) { card.stale = true; continue; }
+        if (!card.visible()) { card.stale = true; continue; }
         for (const chart of card.charts) {
           chart.spec.series.forEach((s, i) => {
             if (s.ref === ev.run && s.key === key) { chart.addPoints(i, points); shown = true; }
@@ -282,9 +249,9 @@ TS.App = class {
     for (const name of ev.matrices || []) {
       if (name.endsWith("/calibration")) reload("calibration");
       else if (name === "eval/pattern_length") reload("patterns");
-      else if (name === "lora/layers") reload("lora");
+      else if (name === "lora/layers" || name === "delta/layers") reload("lora");
     }
-    if (ev.alerts) { reload("alerts"); reload("doctor"); reload("fixed_eval"); }
+    if (ev.alerts) { reload("alerts"); reload("doctor"); reload("fixed_eval"); reload("predictions"); }
     if (ev.status) this.refreshRuns();
     if (ev.reset) this.reloadAll();
   }

@@ -3,8 +3,10 @@
 // A series comes as points [[step, min, max], ...]. A bucket whose min and max differ
 // is drawn as two points (min at its step, max half a step later), so a spike inside a
 // zoomed-out bucket still reaches its height. Several series are joined on one x axis.
-"use strict";
-
+// What TS.settings asks for (view.js) is applied when a chart is drawn: smoothing adds
+// a smoothed line over a faint raw one, log axes drop what they cannot show (x <= 0;
+// y <= 0 becomes a gap), hidden runs are not drawn, and in a comparison every run has
+// its own colour.
 TS.palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
   "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a"];
 TS.dashes = [[], [6, 3], [2, 2], [8, 3, 2, 3], [1, 3]];
@@ -38,20 +40,50 @@ TS.joinSeries = function (seriesList) {
   return out;
 };
 
-TS.axisFmt = function (v) {
+TS.axisFmt = function (v, digits) {
   if (v === null || v === undefined) return "";
   const a = Math.abs(v);
-  if (v !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(1);
-  return String(+v.toPrecision(3));
+  if (v !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(Math.max(1, (digits || 3) - 2));
+  return String(+v.toPrecision(digits || 3));
+};
+
+// An axis's tick labels: 3 significant digits, more when ticks close together would
+// otherwise read the same (0.924, 0.924, ...).
+TS.axisLabels = function (vals) {
+  for (let digits = 3; digits < 10; digits++) {
+    const labels = vals.map((v) => TS.axisFmt(v, digits));
+    if (new Set(labels).size === new Set(vals).size) return labels;
+  }
+  return vals.map((v) => TS.axisFmt(v, 10));
 };
 
 TS.pointCount = function (data) {
   return data.length ? data[0].length * (data.length - 1) : 0;
 };
 
+// The drawn data: joined series, log axes applied, and with smoothing a [raw, smoothed]
+// pair per series. Returns {data, logX, logY}: a log axis with nothing positive is linear.
+TS.chartFrame = function (seriesList, settings) {
+  let data = TS.joinSeries(seriesList);
+  let logX = settings.logX && data[0].some((x) => x > 0);
+  if (logX) {
+    const keep = data[0].map((x) => x > 0);
+    data = data.map((col) => col.filter((_, i) => keep[i]));
+  }
+  const logY = settings.logY && data.slice(1).some((ys) => ys.some((y) => y !== null && y > 0));
+  if (logY) data = [data[0], ...data.slice(1).map((ys) => ys.map((y) => (y !== null && y > 0 ? y : null)))];
+  if (settings.smoothing > 0) {
+    const out = [data[0]];
+    for (const ys of data.slice(1)) out.push(ys, TS.smooth(ys, settings.smoothing));
+    data = out;
+  }
+  return {data: data, logX: logX, logY: logY};
+};
+
 TS.LineChart = class {
-  // spec: {id, title, series: [{key, label, points, run}]}; opts: {height, detail}
-  // opts.detail(series, lo, hi) -> Promise of points for a zoomed range (live only).
+  // spec: {id, title, series: [{key, label, points, run, ref}]}; opts: {height, detail,
+  // colourOf(ref, run), hidden(ref)}. opts.detail(series, lo, hi) -> Promise of points
+  // for a zoomed range (live only).
   constructor(container, spec, opts) {
     this.spec = spec;
     this.opts = opts || {};
@@ -69,33 +101,46 @@ TS.LineChart = class {
     const runs = new Set(this.spec.series.map((s) => s.run || 0));
     const compare = runs.size > 1;
     const perRun = {};
-    return this.spec.series.map((s, i) => {
+    const smoothing = TS.settings.smoothing > 0;
+    const out = [];
+    this.spec.series.forEach((s, i) => {
       const run = s.run || 0;
       const k = perRun[run] = (perRun[run] === undefined ? 0 : perRun[run] + 1);
-      const color = TS.palette[(compare ? run : i) % TS.palette.length];
+      const colour = compare && this.opts.colourOf ? this.opts.colourOf(s.ref, run)
+        : TS.palette[(compare ? run : i) % TS.palette.length];
       const dash = TS.dashes[(compare ? k : 0) % TS.dashes.length];
-      return {label: s.label, stroke: color, width: i === 0 && !compare ? 1.75 : 1.25,
-        dash: dash, spanGaps: true, points: {show: false},
-        value: (u, v) => TS.fmt(v)};
+      const show = !(this.opts.hidden && this.opts.hidden(s.ref));
+      const line = {label: s.label, stroke: colour, width: i === 0 && !compare ? 1.75 : 1.25,
+        dash: dash, spanGaps: true, points: {show: false}, show: show, value: (u, v) => TS.fmt(v)};
+      if (smoothing) {
+        out.push(Object.assign({}, line, {label: s.label + " (raw)", stroke: colour + "40",
+          width: 1, class: "raw"}));
+      }
+      out.push(line);
     });
+    return out;
   }
 
   build() {
     const width = Math.max(240, this.plotBox.clientWidth || 400);
     const self = this;
+    const frame = TS.chartFrame(this.spec.series, TS.settings);
+    this.logX = frame.logX;
+    this.logY = frame.logY;
     const options = {
       width: width,
       height: this.opts.height || 190,
-      scales: {x: {time: false}},
+      scales: {x: frame.logX ? {time: false, distr: 3, log: 10} : {time: false},
+        y: frame.logY ? {distr: 3, log: 10} : this.yRange()},
       legend: {live: true},
       cursor: {drag: {x: true, y: false}},
       series: [{label: "step", value: (u, v) => (v === null ? "-" : String(Math.floor(v)))},
         ...this.seriesOpts()],
-      axes: [{size: 30, values: (u, vals) => vals.map(TS.axisFmt)},
-        {size: 56, values: (u, vals) => vals.map(TS.axisFmt)}],
+      axes: [{size: 30, values: (u, vals) => TS.axisLabels(vals)},
+        {size: 56, values: (u, vals) => TS.axisLabels(vals)}],
       hooks: {setSelect: [(u) => self.onSelect(u)]},
     };
-    this.data = TS.joinSeries(this.spec.series);
+    this.data = frame.data;
     this.plot = new uPlot(options, this.data, this.plotBox);
     this.plot.over.addEventListener("dblclick", () => this.unzoom());
     if (window.ResizeObserver) {
@@ -106,6 +151,31 @@ TS.LineChart = class {
         }
       });
       this.resizer.observe(this.plotBox);
+    }
+  }
+
+  // A chart may ask for a fixed y range (percentages: 0-100); values outside widen it.
+  yRange() {
+    const r = this.spec.y_range;
+    if (!r) return {};
+    return {range: (u, lo, hi) => [Math.min(r[0], lo === null ? r[0] : lo), Math.max(r[1], hi === null ? r[1] : hi)]};
+  }
+
+  // Draw again with the current settings (smoothing and log axes change the series).
+  rebuild() {
+    if (this.resizer) this.resizer.disconnect();
+    if (this.plot) this.plot.destroy();
+    TS.clear(this.plotBox);
+    this.zoomed = false;
+    this.build();
+  }
+
+  // Show or hide the lines of one run (the raw twin too, when smoothing).
+  showRun(ref, show) {
+    let i = 1;
+    const pairs = TS.settings.smoothing > 0 ? 2 : 1;
+    for (const s of this.spec.series) {
+      for (let j = 0; j < pairs; j++, i++) if (s.ref === ref) this.plot.setSeries(i, {show: show});
     }
   }
 
@@ -128,7 +198,7 @@ TS.LineChart = class {
     requestAnimationFrame(() => {
       this.pending = false;
       if (!this.plot || this.zoomed) return;
-      this.data = TS.joinSeries(this.spec.series);
+      this.data = TS.chartFrame(this.spec.series, TS.settings).data;
       this.plot.setData(this.data);
     });
   }
@@ -145,7 +215,7 @@ TS.LineChart = class {
     Promise.all(this.spec.series.map((s) => this.opts.detail(s, lo, hi))).then((parts) => {
       if (!this.zoomed || !this.plot) return;
       const detail = this.spec.series.map((s, i) => ({points: parts[i] || []}));
-      this.plot.setData(TS.joinSeries(detail), false);
+      this.plot.setData(TS.chartFrame(detail, TS.settings).data, false);
       this.plot.setScale("x", {min: lo, max: hi});
     }).catch(() => {});
   }
@@ -153,7 +223,7 @@ TS.LineChart = class {
   unzoom() {
     if (!this.zoomed) return;
     this.zoomed = false;
-    this.data = TS.joinSeries(this.spec.series);
+    this.data = TS.chartFrame(this.spec.series, TS.settings).data;
     this.plot.setData(this.data, true);
   }
 

@@ -36,6 +36,8 @@ TS.LiveSource = class {
 
   panels() { return this.get("/api/panels"); }
   runs(q) { return this.get("/api/runs" + this.query({q: q})); }
+  // {ref: "project/id", ...} of a run named by project/id, bare id, unique suffix or name
+  resolve(ref) { return this.get("/api/resolve" + this.query({run: ref})); }
   panel(ref, name, params) {
     return this.get(`/api/runs/${TS.refPath(ref)}/panels/${encodeURIComponent(name)}` +
       this.query(params));
@@ -67,6 +69,14 @@ TS.ReportSource = class {
       return words.every((w) => hay.includes(w));
     });
     return {empty: !runs.length, runs: runs, query: q || ""};
+  }
+
+  // The report holds one run: a link may name it as the dashboard would.
+  async resolve(ref) {
+    const found = this.report.runs.filter((r) => r.ref === ref || r.id === ref || r.name === ref ||
+      r.id.endsWith(ref) || (r.project + "/" + r.id).endsWith(ref));
+    if (found.length !== 1) throw new Error(`no run ${ref} in this report`);
+    return found[0];
   }
 
   // The stored variant for these parameters: exact, else the last one that agrees with

@@ -3,7 +3,7 @@
 "use strict";
 
 TS.views.predictions = {
-  hint: "No prediction samples yet: samples are taken every `samples_every` steps.",
+  hint: "No prediction samples yet: run.observe(...) takes them at its first step, then every `samples_every` steps.",
   render(body, data, ctx) {
     const controls = TS.el("div", {class: "controls"});
     if (!data.sample_id && data.steps.length > 1) controls.appendChild(TS.stepSlider(data.steps, data.step, (s) => ctx.set({step: s})));

@@ -21,8 +21,10 @@ TS.views.runs = {
       TS.clear(list);
       if (!runs.length) { list.appendChild(TS.el("li", {class: "empty"}, "No runs yet.")); return; }
       for (const r of shown) {
+        const shown = r.ref === app.primary || app.compare.includes(r.ref);
         const checkbox = TS.el("input", {type: "checkbox", title: "compare with the selected run",
           checked: app.compare.includes(r.ref), disabled: r.ref === app.primary,
+          style: shown && app.compare.length ? "accent-color:" + app.runColour(r.ref) : null,
           onclick: (e) => { e.stopPropagation(); app.toggleCompare(r.ref, e.target.checked); }});
         const numbers = Object.entries(r.headline || {}).map(([k, v]) => `${k} ${TS.fmt(v)}`).join("  ");
         const config = Object.entries(r.config || {}).slice(0, 12).map(([k, v]) => `${k}=${v}`).join("\n");
