@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from trainspect.probes.base import Probe
-from trainspect.probes.placement import Placement, Tracked, gather_views
+from trainspect.probes.placement import Placement, Tracked, gather_views, is_dtensor
 from trainspect.records import Alert, Scalar
 
 
@@ -82,6 +82,7 @@ class GradProbe(Probe):
         self.tracked = list(tracked)
         self.params = [t.param for t in self.tracked]
         self.layers = list(layers)
+        self._layer_keys = [f"grad/{layer}/norm" for layer in self.layers]
         self.every = every
         self.device = device
         self.layer_index = np.asarray(layer_of_param, dtype=np.int64)
@@ -91,6 +92,7 @@ class GradProbe(Probe):
         self._zero = torch.zeros((), device=device)
         self._multi_device = len({t.param.device for t in self.tracked}) > 1
         self._plain = all(t.span is None for t in self.tracked)
+        self._dtensors = any(is_dtensor(t.param) for t in self.tracked)
         self.acc = torch.zeros(n + 1, **kw)  # Σ over samples of each piece's ‖g‖²; samples
         self._pending = torch.zeros(n, **kw)
         self._pending_valid = False
@@ -121,9 +123,12 @@ class GradProbe(Probe):
         return step == self._sample_step
 
     def _grads(self) -> list[torch.Tensor]:
-        if self._plain:  # the common case, one list comprehension
-            return [self._zero if g is None else getattr(g, "_local_tensor", g)
-                    for g in (p.grad for p in self.params)]
+        if self._plain:  # the common case: plain tensors, every gradient there
+            grads = [p.grad for p in self.params]
+            if self._dtensors or any(g is None for g in grads):
+                grads = [self._zero if g is None else getattr(g, "_local_tensor", g)
+                         for g in grads]
+            return grads
         return [self._zero if g is None else g for g in (t.grad() for t in self.tracked)]
 
     @torch.no_grad()
@@ -209,8 +214,8 @@ class GradProbe(Probe):
             zero = float((sq_sum == 0).sum())
             nonfinite = float((~np.isfinite(sq_sum)).sum())
             records.append(Scalar("grad/norm", step, math.sqrt(total), wall_time))
-            for layer, sq in zip(self.layers, layer_sq):
-                records.append(Scalar(f"grad/{layer}/norm", step, math.sqrt(sq), wall_time))
+            records += [Scalar(key, step, norm, wall_time)
+                        for key, norm in zip(self._layer_keys, np.sqrt(layer_sq).tolist())]
             records.append(Scalar("grad/zero_frac", step, zero / max(n, 1), wall_time))
         if forwards <= 0 and samples <= 0:
             return records

@@ -7,8 +7,9 @@ things happen there, both as queued device work with no host sync:
 - The finiteness check, on every training forward by default: the hooks only note the
   outputs; at the end of the model's forward one `torch._foreach_norm(ord=inf)` takes
   every output's absmax in one multi-tensor launch (NaN and inf propagate through a
-  max), and one `isfinite` picks the first offending module in forward order, kept in a
-  device int: the earliest step wins, then the earliest module. At the flush that int
+  max), and one comparison `absmax < inf` picks the first offending module in forward
+  order, kept in a device int (six launches in all): the earliest step wins, then the
+  earliest module. At the flush that int
   names the module in an alert. Forward order is the model's module order
   (`named_modules`), which for decoder layers is the order they run in. The outputs are
   held only until the end of the forward, where autograd keeps them alive anyway, so
@@ -78,12 +79,15 @@ class HiddenProbe(Probe):
     name = "hidden"
     cadence = "finiteness: every training forward (or sampled only); statistics: one step " \
               "every `every`"
-    cost = "one multi-tensor absmax per forward; ~6 reductions per module when sampled"
+    cost = "one multi-tensor absmax per forward; 4 launches per module when sampled"
 
     def __init__(self, labels: Sequence[str], device: torch.device, *, every: int,
                  check_every_step: bool = True) -> None:
         n = len(labels)
         self.labels = list(labels)
+        self._keys = [[f"hidden/{label}/{stat}" for stat in ("mean", "std", "absmax",
+                                                              "nonfinite")]
+                      for label in self.labels]
         self.every = every
         self.check_every_step = check_every_step
         kw = {"device": device}
@@ -144,11 +148,12 @@ class HiddenProbe(Probe):
 
     def _measure(self, xs: list[torch.Tensor], slots: tuple[int, ...], step: int) -> None:
         codes, index = self._codes_for(slots)
-        # absmax of every output in one multi-tensor launch: finite iff the output is
+        # absmax of every output in one multi-tensor launch: finite iff the output is,
+        # i.e. iff absmax < inf (a NaN compares False); six launches in all
         absmax = torch.stack(torch._foreach_norm(xs, float("inf"), dtype=torch.float32))
         n = len(self.labels)
         term = (STEP_CAP - min(max(step, 0), STEP_CAP - 1)) * (n + 1)
-        candidate = torch.where(torch.isfinite(absmax), 0, codes + term).amax()
+        candidate = torch.where(absmax < float("inf"), 0, codes + term).amax()
         torch.maximum(self.first, candidate, out=self.first)
         self._checked += 1
         if self._sampling:
@@ -157,10 +162,12 @@ class HiddenProbe(Probe):
 
     def _sample(self, xs: list[torch.Tensor], slots: tuple[int, ...], absmax: torch.Tensor,
                 index: torch.Tensor) -> None:
-        """Σx, Σx² and the finite count of every output: 3 launches per module, 1 add."""
+        """Σx, Σx² and the finite count of every output: 4 launches per module (the
+        finite count as x − x == 0, which holds exactly for finite x: `isfinite` would
+        take 4 launches itself), one multi-tensor norm, one add."""
         sums = torch.stack([torch.sum(x, dtype=torch.float32) for x in xs])  # (k,)
         norms = torch.stack(torch._foreach_norm(xs, 2, dtype=torch.float32))  # (k,)
-        finite = torch.stack([torch.isfinite(x).sum() for x in xs])  # (k,)
+        finite = torch.stack([torch.sub(x, x).eq(0).sum() for x in xs])  # (k,) int64
         update = torch.stack([sums.to(torch.float64), norms.to(torch.float64).square(),
                               finite.to(torch.float64)], dim=1)  # (k, 3)
         self.stats[:, 1:].index_add_(0, index, update)
@@ -220,18 +227,15 @@ class HiddenProbe(Probe):
         stats = stats.reshape(n, 4)
         ranks = max(float(host[2]), 1.0)
         absmax, first = packed[:n] / ranks, int(round(packed[n] / ranks))
-        records: list[Any] = []
-        for i, label in enumerate(self.labels):
-            count, s1, s2, finite = stats[i]
-            if count <= 0:
-                continue
-            nonfinite = count - finite
+        count, s1, s2, finite = stats.T
+        seen = count > 0
+        with np.errstate(divide="ignore", invalid="ignore"):  # modules not seen: dropped
             mean = s1 / count
-            std = float(np.sqrt(max(s2 / count - mean * mean, 0.0))) if np.isfinite(
-                s2) else float("nan")
-            for key, value in (("mean", mean), ("std", std), ("absmax", absmax[i]),
-                               ("nonfinite", nonfinite)):
-                records.append(Scalar(f"hidden/{label}/{key}", step, float(value), wall_time))
+            spread = s2 / count - mean * mean
+            std = np.where(np.isfinite(s2), np.sqrt(np.where(spread < 0, 0.0, spread)), np.nan)
+        values = np.stack([mean, std, absmax, count - finite], axis=1)[seen].ravel().tolist()
+        keys = [key for i in np.flatnonzero(seen).tolist() for key in self._keys[i]]
+        records: list[Any] = [Scalar(k, step, v, wall_time) for k, v in zip(keys, values)]
         return records + self._offence_alert(first, float(host[0]), step, wall_time)
 
     def _offence_alert(self, first: int, checked: float, step: int,

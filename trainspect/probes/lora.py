@@ -95,6 +95,9 @@ class _Table:
     blocks: list[str] = field(default_factory=list)
     cells: list[tuple[str, str]] = field(default_factory=list)
     cell_of: list[int] = field(default_factory=list)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cell's layer
+    cols: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cell's block
+    _keys: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, items: Sequence[Any]) -> _Table:
@@ -110,7 +113,17 @@ class _Table:
                 if item.block not in table.blocks:
                     table.blocks.append(item.block)
             table.cell_of.append(where[key])
+        table.rows = np.array([table.layers.index(layer) for layer, _ in table.cells], np.int64)
+        table.cols = np.array([table.blocks.index(block) for _, block in table.cells], np.int64)
         return table
+
+    def keys(self, prefix: str) -> list[str]:
+        """`<prefix>/<layer>/<block>` per cell, made once."""
+        made = self._keys.get(prefix)
+        if made is None:
+            made = self._keys[prefix] = [f"{prefix}/{layer}/{block}"
+                                         for layer, block in self.cells]
+        return made
 
 
 def _chains(a: Tracked, b: Tracked) -> bool:
@@ -346,17 +359,14 @@ def _cat64(pieces: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 def _table_records(prefix: str, table: _Table, cell_sq: np.ndarray, step: int,
                    wall_time: float, top_k: int) -> list[Any]:
     """Scalars per cell, the total, the layers x blocks matrix and the top-k layers."""
-    records: list[Any] = []
-    for (layer, block), sq in zip(table.cells, cell_sq):
-        records.append(Scalar(f"{prefix}/{layer}/{block}", step, math.sqrt(sq), wall_time))
+    norms = np.sqrt(cell_sq)
+    records: list[Any] = [Scalar(key, step, value, wall_time)
+                          for key, value in zip(table.keys(prefix), norms.tolist())]
     records.append(Scalar(f"{prefix}/total", step, math.sqrt(float(cell_sq.sum())), wall_time))
-    row = {layer: i for i, layer in enumerate(table.layers)}
-    col = {block: j for j, block in enumerate(table.blocks)}
     grid = np.full((len(table.layers), len(table.blocks)), np.nan)
+    grid[table.rows, table.cols] = norms
     layer_sq = np.zeros(len(table.layers))
-    for (layer, block), sq in zip(table.cells, cell_sq):
-        grid[row[layer], col[block]] = math.sqrt(sq)
-        layer_sq[row[layer]] += sq
+    np.add.at(layer_sq, table.rows, cell_sq)  # in cell order, as a loop would add
     records.append(Matrix(f"{prefix}/layers", step, grid.tolist(), list(table.layers),
                           list(table.blocks), wall_time))
     order = np.argsort(-layer_sq, kind="stable")[:top_k]
@@ -364,4 +374,3 @@ def _table_records(prefix: str, table: _Table, cell_sq: np.ndarray, step: int,
     records.append(Matrix(f"{prefix}/top", step, top, [table.layers[i] for i in order],
                           ["total", *table.blocks], wall_time))
     return records
-

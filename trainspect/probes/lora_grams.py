@@ -52,40 +52,44 @@ def keeps_start(ref: Any) -> bool:
     return True
 
 
+def as_2d(side: Side, t: torch.Tensor) -> torch.Tensor:
+    """A piece as a 2-D matrix: A as (r, in_local), B as (out_local, r)."""
+    return t.reshape((side.rank, -1) if side.kind == "a" else (-1, side.rank))
+
+
 def stack_2d(side: Side, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stacked 2-D pieces: A as (m, r, in_local), B as (m, out_local, r)."""
-    if side.kind == "a":
-        return torch.stack([t.reshape(side.rank, -1) for t in tensors])
-    return torch.stack([t.reshape(-1, side.rank) for t in tensors])
+    return torch.stack([as_2d(side, t) for t in tensors])
 
 
-def _pieces(side: Side) -> list[torch.Tensor]:
-    """The side's local pieces. Plain parameters' 2-D views are kept from one flush to the
-    next (reading 300 factors anew costs a millisecond of Python) while they still point
-    at the parameters' storage; anything else (DTensor, FSDP1, ZeRO-3) is read anew."""
+def _pieces_2d(side: Side) -> list[torch.Tensor]:
+    """The side's local pieces as 2-D matrices. Plain parameters' 2-D views are kept from
+    one flush to the next (reading and reshaping 300 factors anew costs a millisecond of
+    Python and a dispatch each) while they still point at the parameters' storage;
+    anything else (DTensor, FSDP1, ZeRO-3) is read anew."""
     views = side.plain_views
     if views is not None and all(v.data_ptr() == f.param.data_ptr()
                                  for v, f in zip(views, side.factors)):
         return views
-    pieces = [f.data() for f in side.factors]
+    pieces = [as_2d(side, f.data()) for f in side.factors]
     if all(type(f.param) in (torch.Tensor, torch.nn.Parameter) and f.span is None
            and not hasattr(f.param, "ds_tensor") for f in side.factors):
-        side.plain_views = [x.reshape((side.rank, -1) if side.kind == "a" else (-1, side.rank))
-                            for x in pieces]
+        side.plain_views = pieces
     return pieces
 
 
 def side_grams(side: Side) -> torch.Tensor:
     """(m, k, r, r) float64 Grams of a `gram` side's pieces: XXᵀ for A, XᵀX for B, and with
     a snapshot X₀ also the cross Gram (AA₀ᵀ, B₀ᵀB) and X₀'s own; no host sync."""
-    x = stack_2d(side, _pieces(side)).to(torch.float64)
+    x = torch.stack(_pieces_2d(side)).to(torch.float64)
     grams = [x @ x.transpose(1, 2) if side.kind == "a" else x.transpose(1, 2) @ x]
-    if side.snapshot is not None:
-        x0 = side.snapshot.to(torch.float64)
-        if side.kind == "a":
-            grams += [x @ x0.transpose(1, 2), x0 @ x0.transpose(1, 2)]
-        else:
-            grams += [x0.transpose(1, 2) @ x, x0.transpose(1, 2) @ x0]
+    if side.snapshot is None:
+        return grams[0].unsqueeze(1)
+    x0 = side.snapshot.to(torch.float64)
+    if side.kind == "a":
+        grams += [x @ x0.transpose(1, 2), x0 @ x0.transpose(1, 2)]
+    else:
+        grams += [x0.transpose(1, 2) @ x, x0.transpose(1, 2) @ x0]
     return torch.stack(grams, dim=1)
 
 

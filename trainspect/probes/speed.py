@@ -77,7 +77,7 @@ class SpeedProbe(Probe):
 
     name = "speed"
     cadence = "every forward (auto) or every run.speed call"
-    cost = "about 5 tiny kernels per batch; 2 CUDA events per backward-forward gap"
+    cost = "5 tiny kernels per batch; 2 CUDA events per backward-forward gap"
 
     def __init__(self, device: torch.device, *, step_of: Any, start_step: int | None = None,
                  flops_per_token: float | None = None, attention_flops: float | None = None,
@@ -91,6 +91,7 @@ class SpeedProbe(Probe):
         self.explicit_data = False  # run.speed was given data_s: it wins over timed gaps
         kw = {"dtype": torch.float64, "device": device}
         self.acc = torch.zeros(3, **kw)  # real tokens, supervised tokens, Σ real·T
+        self._real_acc, self._supervised_acc, self._real_t_acc = self.acc.unbind()  # views
         self.host = torch.zeros(10, **kw)
         self.peak_bytes = torch.zeros(1, **kw)
         self._clear_host()
@@ -122,8 +123,8 @@ class SpeedProbe(Probe):
                 _check_tensor(attention_mask, "attention_mask")
             length = attention_mask.shape[-1] if attention_mask.dim() else 1
             real = attention_mask.sum().to(self.device)
-            self.acc[0].add_(real)
-            self.acc[2].add_(real * length)
+            self._real_acc.add_(real)  # views made once: no indexing per batch
+            self._real_t_acc.add_(real, alpha=length)
             self._positions += attention_mask.numel()
         elif input_ids is not None:
             if not isinstance(input_ids, torch.Tensor):
@@ -146,7 +147,7 @@ class SpeedProbe(Probe):
                 _check_tensor(labels, "labels")
             if shift_labels and labels.dim():
                 labels = labels[..., 1:]
-            self.acc[1].add_((labels != IGNORE_INDEX).sum().to(self.device))
+            self._supervised_acc.add_((labels != IGNORE_INDEX).sum().to(self.device))
             self._label_batches += 1
 
     def discard_counts(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from trainspect.store import schema
-from trainspect.store.chunks import pack
+from trainspect.store.chunks import pack_many
 from trainspect.store.merge import INSERT_CHUNK, ChunkMerger
 from trainspect.store.rows import (
     Columns,
@@ -29,7 +29,6 @@ from trainspect.store.rows import (
     count_points,
     merge_columns,
     meta_rows,
-    real,
     record_rows,
 )
 
@@ -118,18 +117,18 @@ class Committer:
         return meta_rows(batch.meta, self._meta_warned)
 
     def _chunk_rows(self, columns: Columns) -> list[tuple[str, tuple]]:
-        out = []
-        for name, segments in columns.items():
-            if len(segments) == 1:
-                steps, vals, times = segments[0]
-            else:
-                steps, vals, times = (np.concatenate(parts) for parts in zip(*segments))
-            chunk = pack(steps, vals, times)
-            out.append((name, (
-                self._next_seq(), None, self.attempt, 0 if chunk.ordered else -1, chunk.n,
-                chunk.step_min, chunk.step_max, chunk.vmin, chunk.vmax, real(chunk.vlast),
-                chunk.steps, chunk.vals, chunk.times)))
-        return out
+        """One level-0 chunk row per key (its key id filled in later), all keys packed
+        in one pass (`pack_many`)."""
+        points = [segments[0] if len(segments) == 1 else
+                  tuple(np.concatenate(parts) for parts in zip(*segments))
+                  for segments in columns.values()]
+        p = pack_many(points)
+        first = self._seq + 1
+        self._seq += len(points)
+        return [(name, (seq, None, self.attempt, 0 if ordered else -1, *row))
+                for name, seq, ordered, *row in zip(
+                    columns, range(first, self._seq + 1), p.ordered, p.n, p.step_min,
+                    p.step_max, p.vmin, p.vmax, p.vlast, p.steps, p.vals, p.times)]
 
     def _write(self, batch: Batch, rows: list[list[Row]]) -> list[int]:
         """One transaction; key ids it creates are cached only after the commit."""

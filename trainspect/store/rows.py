@@ -107,6 +107,39 @@ def _good_entries(block: list[Entry], dropped: Dropped) -> list[Entry]:
     return good
 
 
+def add_scalars(columns: Columns, records: list[Any], dropped: Dropped) -> None:
+    """Scalar records into per-key arrays, all records in one pass.
+
+    A flush brings a few hundred records, mostly one per key. When every step is an
+    int and every value and wall time a float (what the probes make), three arrays
+    hold them all and each key gets slices of them; otherwise, or when a step is
+    outside int64, each record is checked on its own (`scalar_entries`) and a bad one
+    is dropped alone. Either way a key's points keep their order.
+    """
+    if not records:
+        return
+    try:
+        if not all(type(r.step) is int and type(r.value) is float and type(r.wall_time) is float
+                   and type(r.key) is str for r in records):
+            raise TypeError("not plain ints and floats")
+        steps = np.array([r.step for r in records], np.int64)  # OverflowError outside int64
+        vals = np.array([r.value for r in records], np.float64)
+        times = np.array([r.wall_time for r in records], np.float64)
+    except (TypeError, OverflowError, AttributeError):
+        add_entries(columns, scalar_entries(records, dropped), dropped)
+        return
+    rows: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        rows.setdefault(r.key, []).append(i)
+    for key, index in rows.items():
+        if len(index) == 1:
+            i = index[0]
+            columns.setdefault(key, []).append((steps[i:i + 1], vals[i:i + 1], times[i:i + 1]))
+        else:
+            take = np.array(index)
+            columns.setdefault(key, []).append((steps[take], vals[take], times[take]))
+
+
 def scalar_entries(records: list[Any], dropped: Dropped) -> list[Entry]:
     """Scalar records as log entries; a bad step or value drops that one point."""
     entries = []

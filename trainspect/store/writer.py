@@ -36,7 +36,7 @@ from trainspect.store.commit import Batch, Committer
 from trainspect.store.connect import connect_for_write
 from trainspect.store.lock import Busy, WriterLock
 from trainspect.store.merge import MERGE_FANOUT
-from trainspect.store.rows import Columns, Dropped, add_entries, count_points, scalar_entries
+from trainspect.store.rows import Columns, Dropped, add_entries, add_scalars, count_points
 
 __all__ = ["MAX_HELD_POINTS", "MAX_HELD_RECORDS", "MERGE_FANOUT", "StoreWriter"]
 
@@ -199,8 +199,7 @@ class StoreWriter:
         records.extend(_drain(self.records))
         fresh = Batch()
         add_entries(fresh.columns, _drain(self.scalars), self.dropped)
-        add_entries(fresh.columns, scalar_entries(
-            [r for r in records if isinstance(r, Scalar)], self.dropped), self.dropped)
+        add_scalars(fresh.columns, [r for r in records if isinstance(r, Scalar)], self.dropped)
         fresh.records = [r for r in records if not isinstance(r, Scalar)]
         for observer in self.observers:  # e.g. alert rules: they see each batch once
             try:
