@@ -12,7 +12,7 @@ import pytest
 import trainspect as ts
 from trainspect.cli import main
 from trainspect.errors import TrainspectError
-from trainspect.store.chunks import decode_steps, pack
+from trainspect.store.chunks import decode_steps, pack_many
 from trainspect.store.server import push, spool
 from trainspect.store.server.schema import SCHEMA_VERSION, current_version, migrate
 from trainspect.store.server.sync import SpoolSync, sync_file
@@ -54,13 +54,14 @@ def merge_like_the_writer(path, seqs: list[int]) -> None:
         steps = np.concatenate([decode_steps(p[7], p[4], p[5], p[6]) for p in parts])
         vals = np.concatenate([np.frombuffer(p[8], "<f8") for p in parts])
         times = np.concatenate([np.frombuffer(p[9], "<f8") for p in parts])
-        c = pack(steps, vals, times)
+        c = pack_many([(steps, vals, times)])
         conn.execute(f"DELETE FROM scalar_chunks WHERE seq IN ({marks})", seqs)
         conn.execute(
             "INSERT INTO scalar_chunks (seq, key_id, attempt, level, n, step_min, step_max, "
             "vmin, vmax, vlast, steps, vals, times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (parts[-1][0], parts[0][1], parts[0][2], max(p[3] for p in parts) + 1, c.n,
-             c.step_min, c.step_max, c.vmin, c.vmax, c.vlast, c.steps, c.vals, c.times))
+            (parts[-1][0], parts[0][1], parts[0][2], max(p[3] for p in parts) + 1, c.n[0],
+             c.step_min[0], c.step_max[0], c.vmin[0], c.vmax[0], c.vlast[0], c.steps[0],
+             c.vals[0], c.times[0]))
 
 
 def write_chunks(run, start: int, count: int, per_chunk: int = 5) -> int:
