@@ -40,6 +40,7 @@ def test_peft_llama_on_cuda_decodes_as_on_cpu(runs):
     tok, model = build()
     ev = FixedEval([{"prompt": p, "response": r} for p, r in PROMPTS], tokenizer=tok,
                    extra_tokens=2)
+    torch.cuda.reset_peak_memory_stats()  # this test's peak, not an earlier test's
     with ts.init(project="gpu") as run:
         cpu = evaluate(run, model, ev, step=1, batch_size=3)
         gpu = evaluate(run, model.cuda(), ev, step=2, batch_size=3)

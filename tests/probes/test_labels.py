@@ -157,12 +157,12 @@ def test_ids_beyond_the_tokenizer_and_repeated_batches(tok):
     probe = LabelProbe(tok)
     far = labels.clone()
     far[0, -1] = len(tok) + 5  # an id the tokenizer cannot make
-    for _ in range(3):
+    for _ in range(3):  # one flush window: its first CHECKED_PER_WINDOW (2) calls count
         probe.update("text", None, 1, far[:, 1:], None, ids, mask, IGNORE)
     got = values(probe)
-    assert got["text/labels_beyond_vocab"] == 3.0 and got["text/inputs_beyond_vocab"] == 0.0
-    assert got["text/repeated_batches"] == pytest.approx(2 / 3)  # calls 2 and 3 repeat
-    probe.reset()
+    assert got["text/labels_beyond_vocab"] == 2.0 and got["text/inputs_beyond_vocab"] == 0.0
+    assert got["text/repeated_batches"] == pytest.approx(1 / 2)  # call 2 repeats call 1
+    probe.reset()  # the next window: checked again
     other = ids.roll(1, dims=0)
     probe.update("text", None, 1, labels.roll(1, dims=0)[:, 1:], None, other, mask, IGNORE)
     assert values(probe)["text/repeated_batches"] == 0.0  # not in the ring: a new batch

@@ -107,8 +107,10 @@ class TritonConfig:
 
 # Defaults: benchmarks/token_stats_kernel.py times the variants of each (its LONG_VARIANTS
 # and SHORT_VARIANTS) and prints the pick (docs/benchmarks.md).
-DEFAULT_CONFIG = TritonConfig(512, 2, 2)  # long rows, with or without the fold
-TEACHER_CONFIG = TritonConfig(512, 2, 2)  # long rows with target_logits
+# Picked on one H200 (docs/benchmarks.md): per-slot 512/2 took 0.87x (worst 0.98x) of
+# per-block 512/2's time on the four long-row cases and 0.86x on the teacher's.
+DEFAULT_CONFIG = TritonConfig(512, 2, 2, slots=True)  # long rows, with or without the fold
+TEACHER_CONFIG = TritonConfig(512, 2, 2, slots=True)  # long rows with target_logits
 SHORT_CONFIG = TritonConfig(16, 2, 1, programs_per_sm=0)  # short rows: warps and grid only
 FOLD_WARPS = 4
 FOLD_TILE = 128  # tokens x padded groups per tile of the fold

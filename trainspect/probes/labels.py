@@ -2,9 +2,12 @@
 ending where answers end, inside the tokenizer's vocabulary, from batches that differ.
 
 `Run.observe` hands every batch's labels (and, when given, `input_ids` and
-`attention_mask`) here after the token statistics. All checks are exact counts
-over integer tensors, a few small kernels per call and no host sync; per flush
-window they become, for each stream (and each group of a grouped stream):
+`attention_mask`) here after the token statistics. The first CHECKED_PER_WINDOW calls
+of each stream in each flush window are checked, the rest pass untouched: a data bug
+lasts for many batches, and the checks are some thirty small kernels a call, which on
+every call made them most of observe's fixed cost. All checks are exact counts over
+integer tensors with no host sync; per flush window they become, for each stream (and
+each group of a grouped stream):
 
 - `<s>/label_offset`, `<s>/label_offset_share`: the offset k in 0..G+2 for which the
   most supervised labels equal the input token k places later (`labels[t] ==
@@ -26,9 +29,10 @@ window they become, for each stream (and each group of a grouped stream):
   truncation). Only for 2-D labels with `input_ids` and `attention_mask`.
 - `<s>/labels_beyond_vocab`, `<s>/inputs_beyond_vocab`: label and input ids at or
   beyond the tokenizer's size (the run's `tokenizer`): ids it cannot produce.
-- `<s>/repeated_batches`: share of supervised calls whose labels (and inputs, when
-  given) are identical to one of the stream's previous 8 calls, by a 64-bit
-  fingerprint kept on the device.
+- `<s>/repeated_batches`: share of checked supervised calls whose labels (and inputs,
+  when given) are identical to one of the stream's previous 8 checked calls, by a
+  64-bit fingerprint kept on the device (two checked calls a window: a batch fed twice
+  in a row is caught as well as one fed every step).
 - `<s>/rank<i>/label_offset`, `<s>/rank<i>/label_offset_share`: with several ranks,
   the offset and share of each rank's own labels (ungrouped streams): every rank adds
   its counts into its own row of a [world, K] table that the flush's all_reduce turns
@@ -49,7 +53,8 @@ from trainspect.records import Scalar
 
 log = logging.getLogger("trainspect.probes.labels")
 
-RING = 8  # previous calls a batch is compared with
+RING = 8  # previous checked calls a batch is compared with
+CHECKED_PER_WINDOW = 2  # calls checked per stream and flush window (see the docstring)
 EXTRA_OFFSETS = 3  # offsets 0 .. G + 2 are counted (G groups; 1 for an ungrouped stream)
 # Per-stream counters after the (G, K) offset matches and (G, K) offset denominators.
 COUNTS = ("calls", "repeats", "supervised", "real", "marker_rows", "pad_labels", "rows",
@@ -116,6 +121,7 @@ class LabelStream:
     ring: Any  # (RING,) int64 fingerprints of the previous calls
     rank_offsets: Any = None  # (2, world, K) float64 with several ranks: this rank's row
     calls: int = 0
+    window_calls: int = 0  # calls checked since the last flush (host-side count)
     device: Any = None
     constants: dict[str, Any] = field(default_factory=dict)
 
@@ -146,8 +152,9 @@ class LabelProbe:
         import torch
 
         s = self._state(stream, group, n_groups, labels.device)
-        if not count:
+        if not count or s.window_calls >= CHECKED_PER_WINDOW:
             return
+        s.window_calls += 1
         lab = labels.to(torch.int64)
         sup = lab != ignore_index
         if mask is not None:
@@ -284,6 +291,7 @@ class LabelProbe:
 
     def reset(self) -> None:
         for s in self.streams.values():
+            s.window_calls = 0
             s.offsets.zero_()
             s.counts.zero_()
             if s.rank_offsets is not None:
