@@ -95,11 +95,11 @@ def _long(attr: str, *keys: str) -> list:
 
 
 TEXT = ("block512", "slot1024", "block1024")  # every case of DEFAULT_CONFIG times these
-SHORT_VARIANTS = [("1 warp, one program per row", "SHORT_CONFIG", TritonConfig(16, 1, 1, -1)),
+SHORT_VARIANTS = [("1 warp, one program per row (the default, again)", "SHORT_CONFIG",
+                   TritonConfig(16, 1, 1, -1)),
                   ("2 warps, one program per row", "SHORT_CONFIG", TritonConfig(16, 2, 1, -1)),
                   ("1 warp, resident grid", "SHORT_CONFIG", TritonConfig(16, 1, 1, 0)),
-                  ("2 warps, resident grid (the default, again)", "SHORT_CONFIG",
-                   TritonConfig(16, 2, 1, 0)),
+                  ("2 warps, resident grid", "SHORT_CONFIG", TritonConfig(16, 2, 1, 0)),
                   ("4 warps, one program per row", "SHORT_CONFIG", TritonConfig(16, 4, 1, -1)),
                   *((f"tile {rows} rows, {warps} warps, {'resident' if grid == 0 else 'per tile'}",
                      "SHORT_CONFIG", TritonConfig(16, warps, 1, grid, short_rows=rows))
