@@ -298,6 +298,15 @@ def test_empty_supervision_warns_on_some_empty_batches_and_escalates_when_all_ar
         alerts[0].message
 
 
+def test_empty_supervision_is_silent_when_the_rows_were_left_out_for_nan_logits():
+    def nan_logits(s, m):  # every supervised row dropped as non-finite: labels are fine
+        if "text/supervised_tokens" in m and s >= 100:
+            m["text/supervised_tokens"] = 0.0
+            m["text/nonfinite_rows"] = 512.0
+
+    assert [a for a in fired(run_engine(nan_logits)) if a.rule.startswith("empty_")] == []
+
+
 def test_eval_plateau_names_the_checkpoint_the_run_recorded():
     engine = AlertEngine(console=False)
     engine.observe({}, [Alert(step=149, rule="checkpoint", level="info",

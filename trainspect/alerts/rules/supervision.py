@@ -14,11 +14,13 @@ class EmptySupervision(Rule):
     `<stream>/empty_mask_batches` (per flush window). Critical when
     supervised_tokens == 0 (the window trained on nothing); warning when
     empty_mask_batches > 0 (some batches had every label -100). Fires at once;
-    clears after 3 windows with supervised tokens and no empty batch.
+    clears after 3 windows with supervised tokens and no empty batch. A window whose
+    supervised rows were left out for NaN or inf logits (`<stream>/nonfinite_rows` > 0)
+    is not an empty mask: the labels are fine and the non-finite rules say what broke.
     """
 
     id = "empty_supervision"
-    keys = ("*/empty_mask_batches", "*/supervised_tokens")
+    keys = ("*/empty_mask_batches", "*/supervised_tokens", "*/nonfinite_rows")
     history = 8
     action = ("Check the data formatting: the chat template must match the model, "
               "prompt masking must leave the response labelled (not every label -100), "
@@ -32,7 +34,9 @@ class EmptySupervision(Rule):
         for stream in sorted(streams):
             tokens = ctx.new.get(f"{stream}/supervised_tokens")
             empty = ctx.new.get(f"{stream}/empty_mask_batches")
-            if tokens is not None and tokens == 0:
+            if ctx.new.get(f"{stream}/nonfinite_rows"):  # NaN logits, not missing labels
+                out[stream] = None
+            elif tokens is not None and tokens == 0:
                 extra = f" ({_batches(empty)} had an empty loss mask)" if empty else ""
                 out[stream] = Finding(
                     f"{stream}: no supervised tokens at all in the window ending at step "
