@@ -261,16 +261,7 @@ class RunView(RunFile):
                 "WHERE e.eval_name = ? AND e.step = ? ORDER BY e.seq",
                 (eval_name, int(step)),
             ).fetchall()
-        latest: dict[str, dict] = {}
-        for r in rows:
-            latest[r[2]] = {
-                "seq": r[0], "step": r[1], "example_id": r[2], "em": bool(r[3]),
-                "ce": float("nan") if r[4] is None else r[4], "tokens": r[5],
-                "correct_tokens": r[6], "output": r[7], "checkpoint": r[8], "wall_time": r[9],
-                "prompt": r[10], "reference": r[11], "pattern": r[12], "length_bin": r[13],
-                "ref_tokens": r[14],
-            }
-        return list(latest.values())
+        return latest_eval_examples(rows)
 
     def alerts(self) -> list[dict]:
         """Alerts as dicts with step, rule, level, message, action, state, oldest first."""
@@ -338,3 +329,19 @@ class Reader:
 def open(dir: str | os.PathLike | None = None) -> Reader:  # noqa: A001 - mirrors `ts.open`
     """Open the runs directory for reading (`dir`, else $TRAINSPECT_DIR, else ./trainspect-runs)."""
     return Reader(dir)
+
+
+def latest_eval_examples(rows: list[tuple]) -> list[dict]:
+    """Eval example rows (seq, step, example_id, em, ce, tokens, correct_tokens, output,
+    checkpoint, wall_time, prompt, reference, pattern, length_bin, ref_tokens), in
+    write order, as dicts: the last row of each example wins (a resumed run re-writes)."""
+    latest: dict[str, dict] = {}
+    for r in rows:
+        latest[r[2]] = {
+            "seq": r[0], "step": r[1], "example_id": r[2], "em": bool(r[3]),
+            "ce": float("nan") if r[4] is None else r[4], "tokens": r[5],
+            "correct_tokens": r[6], "output": r[7], "checkpoint": r[8], "wall_time": r[9],
+            "prompt": r[10], "reference": r[11], "pattern": r[12], "length_bin": r[13],
+            "ref_tokens": r[14],
+        }
+    return list(latest.values())

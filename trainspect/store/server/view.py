@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainspect.errors import TrainspectError
-from trainspect.store.reader import derive_status
+from trainspect.store.reader import derive_status, latest_eval_examples
 from trainspect.store.server import queries
 from trainspect.store.server.rows import (
     PartialLatest,
@@ -330,16 +330,7 @@ class ServerRunView:
             "SELECT max(step) FROM trainspect.eval_examples WHERE run_uid = %s "
             "AND eval_name = %s)) ORDER BY " + queries.SPOOL_ORDER,
             (self.run_uid, eval_name, step, self.run_uid, eval_name))
-        latest: dict[str, dict] = {}
-        for r in rows:
-            latest[r[2]] = {
-                "seq": r[0], "step": r[1], "example_id": r[2], "em": bool(r[3]),
-                "ce": float("nan") if r[4] is None else r[4], "tokens": r[5],
-                "correct_tokens": r[6], "output": r[7], "checkpoint": r[8], "wall_time": r[9],
-                "prompt": r[10], "reference": r[11], "pattern": r[12], "length_bin": r[13],
-                "ref_tokens": r[14],
-            }
-        return list(latest.values())
+        return latest_eval_examples(rows)
 
     def alerts(self) -> list[dict]:
         """Alerts as dicts with step, rule, level, message, action, state, oldest first."""
