@@ -25,6 +25,7 @@ outside ``kernels/`` (docs/architecture.md, "Layers") and raises the built-in
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -195,22 +196,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         if getattr(ctx, "grad_pass", None) is not None:
             return _recomputed_backward(ctx, grad_output) + (None,) * 7
-        if ctx.grads is None:
-            raise RuntimeError("linear_cross_entropy: backward ran twice through the same "
-                               "graph (retain_graph=True); the stored gradients were already "
-                               "used. Recompute the loss for a second backward.")
-        grad_h, grad_w, grad_b = ctx.grads
-        ctx.grads = None  # scaled in place below: a second backward would be wrong
-        scale = grad_output.to(torch.float32)
-        if ctx.scale is not None:
-            scale = scale * ctx.scale
-        if grad_h is not None:
-            grad_h.mul_(scale.to(grad_h.dtype))
-        if grad_w is not None:
-            grad_w.mul_(scale.to(grad_w.dtype))
-        if grad_b is not None:
-            grad_b = (grad_b * scale).to(ctx.bias_dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
+        return scale_saved_grads(ctx, grad_output) + (None,) * 7
+
+
+def scale_saved_grads(ctx: Any, grad_output: Tensor) -> tuple:
+    """The gradients of hidden, weight and bias that the forward computed and saved on
+    `ctx`, scaled in place by the incoming gradient (and the mean's 1/N); once only."""
+    if ctx.grads is None:
+        raise RuntimeError("linear_cross_entropy: backward ran twice through the same "
+                           "graph (retain_graph=True); the stored gradients were already "
+                           "used. Recompute the loss for a second backward.")
+    grad_h, grad_w, grad_b = ctx.grads
+    ctx.grads = None  # scaled in place below: a second backward would be wrong
+    scale = grad_output.to(torch.float32)
+    if ctx.scale is not None:
+        scale = scale * ctx.scale
+    if grad_h is not None:
+        grad_h.mul_(scale.to(grad_h.dtype))
+    if grad_w is not None:
+        grad_w.mul_(scale.to(grad_w.dtype))
+    if grad_b is not None:
+        grad_b = (grad_b * scale).to(ctx.bias_dtype)
+    return grad_h, grad_w, grad_b
 
 
 def _recomputed_backward(ctx, grad_rows: Tensor) -> tuple:

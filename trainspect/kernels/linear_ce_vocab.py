@@ -26,7 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .linear_ce import REDUCTIONS, _compute_dtype, _grads_of_chunk, _logits_into, chunk_rows
+from .linear_ce import (
+    REDUCTIONS,
+    _compute_dtype,
+    _grads_of_chunk,
+    _logits_into,
+    chunk_rows,
+    scale_saved_grads,
+)
 from .token_stats import RowStats, valid_rows
 from .vocab_shard import merge_shards, shard_partials, top_candidates
 
@@ -121,22 +128,7 @@ class _VocabParallelCE(torch.autograd.Function):
         none = (None,) * 8
         if getattr(ctx, "where", None) is not None:
             return _recomputed_backward(ctx, grad_output) + none
-        if ctx.grads is None:
-            raise RuntimeError("linear_cross_entropy: backward ran twice through the same "
-                               "graph (retain_graph=True); the stored gradients were already "
-                               "used. Recompute the loss for a second backward.")
-        grad_h, grad_w, grad_b = ctx.grads
-        ctx.grads = None
-        scale = grad_output.to(torch.float32)
-        if ctx.scale is not None:
-            scale = scale * ctx.scale
-        if grad_h is not None:
-            grad_h.mul_(scale.to(grad_h.dtype))
-        if grad_w is not None:
-            grad_w.mul_(scale.to(grad_w.dtype))
-        if grad_b is not None:
-            grad_b = (grad_b * scale).to(ctx.bias_dtype)
-        return (grad_h, grad_w, grad_b) + none
+        return scale_saved_grads(ctx, grad_output) + none
 
 
 def _recomputed_backward(ctx, grad_rows: Tensor) -> tuple:
