@@ -3,17 +3,11 @@ the best checkpoint. Needs the store's `eval_examples` table (schema version 2).
 
 from __future__ import annotations
 
-import pytest
-
 import trainspect as ts
-from trainspect import records
 from trainspect.eval import FixedEval, regressions
 from trainspect.eval.evaluate import evaluate
 
 from .test_trends import flip_model
-
-pytestmark = pytest.mark.skipif(not hasattr(records, "EvalExample"),
-                                reason="needs the store's eval_examples table (schema v2)")
 
 
 def letters_eval() -> FixedEval:

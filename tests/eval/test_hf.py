@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import warnings
 
+import peft
 import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+import torch
+import transformers
 
 import trainspect as ts  # noqa: E402
 from tests.eval.helpers import VOCAB, CharTokenizer  # noqa: E402

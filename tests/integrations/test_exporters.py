@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 import trainspect as ts  # noqa: E402
 from trainspect.integrations.exporters import Exporter, close_all, export_to  # noqa: E402
@@ -47,7 +46,7 @@ def stored_positions(view) -> int:
 
 
 def test_tensorboard_event_files_hold_the_same_scalars_samples_and_alerts(runs):
-    pytest.importorskip("tensorboard")
+    import tensorboard  # noqa: F401 - the dev extra installs it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     view, (exporter,) = play("tensorboard")
@@ -71,7 +70,7 @@ def test_tensorboard_event_files_hold_the_same_scalars_samples_and_alerts(runs):
 
 
 def test_mlflow_sqlite_store_holds_the_same_metrics_params_samples_and_alerts(runs, tmp_path):
-    pytest.importorskip("mlflow")
+    import mlflow  # noqa: F401 - the dev extra installs it
     from mlflow.tracking import MlflowClient
 
     from trainspect.integrations.exporters.mlflow import MLflowExporter
@@ -165,7 +164,7 @@ def wandb_history(run_dir) -> list[dict]:
 
 def test_wandb_offline_run_holds_the_same_scalars_samples_and_alerts(runs, tmp_path,
                                                                       monkeypatch):
-    pytest.importorskip("wandb")
+    import wandb  # noqa: F401 - the dev extra installs it
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")

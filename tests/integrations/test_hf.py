@@ -11,9 +11,8 @@ import warnings
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 import trainspect as ts  # noqa: E402
 from tests.eval.helpers import VOCAB as CHAR_VOCAB  # noqa: E402
@@ -154,8 +153,8 @@ def test_trainer_log_keys_get_trainspect_names():
 
 
 def test_trl_sft_trainer(runs, tmp_path):
-    trl = pytest.importorskip("trl")
-    datasets = pytest.importorskip("datasets")
+    import datasets
+    import trl
     from tokenizers import Tokenizer, models
 
     vocab = {f"t{i}": i for i in range(VOCAB)}

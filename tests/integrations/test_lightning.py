@@ -5,11 +5,9 @@ logs lands under its own name."""
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
-
-torch = pytest.importorskip("torch")
-L = pytest.importorskip("lightning")
-transformers = pytest.importorskip("transformers")
+import torch
 
 import trainspect as ts  # noqa: E402
 from tests.integrations.test_hf import LENGTH, VOCAB, Recorder, TokenData, reference, tiny_llama  # noqa: E402,E501

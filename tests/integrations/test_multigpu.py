@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 from tests.integrations.ranks import free_port  # noqa: E402
 from tests.integrations.test_distributed import _views, check_same_as_one_process, play  # noqa: E402

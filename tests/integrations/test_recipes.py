@@ -9,10 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-torch = pytest.importorskip("torch")
-
 import trainspect as ts  # noqa: E402
 from tests.integrations.ranks import free_port  # noqa: E402
 
@@ -56,7 +52,7 @@ def test_the_torchrun_recipe_pools_two_ranks(runs, tmp_path):
 
 
 def test_the_accelerate_recipe_observes_every_micro_batch(runs, tmp_path):
-    pytest.importorskip("accelerate")
+    import accelerate  # noqa: F401 - the dev extra installs it
     view = launch(tmp_path, runs, "accelerate")
     # 8 micro-batches of 4 x 15 positions, 2 per step, windows of 2 steps
     assert view.series("text/supervised_tokens") == [(2, 240.0), (4, 240.0)]

@@ -7,17 +7,16 @@ import math
 import warnings
 
 import numpy as np
+import peft
 import pytest
 import torch
+import transformers
 from torch import nn
 
 import trainspect as ts
 from trainspect.probes.lora import AdapterRef, LoraProbe, WeightRef
 from trainspect.probes.modules import block_of, short_name, split_layer
 from trainspect.probes.watch import watch
-
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
 
 
 def tiny_llama(lora: bool = True, **lora_kw):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+import tokenizers  # noqa: F401 - the dev extra installs it
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("tokenizers")
 import trainspect as ts  # noqa: E402
 from trainspect.cli import main  # noqa: E402
 from trainspect.probes.token_text import TokenNamer  # noqa: E402
