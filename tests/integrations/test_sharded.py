@@ -124,6 +124,11 @@ def test_the_tensor_parallel_recipe_counts_each_token_once(runs, tmp_path):
                   "2", "--master_port", str(free_port()))
     # one TP group: 5 steps x 4 sequences x 15 positions, counted on its first rank only
     assert view.series("text/supervised_tokens") == [(s, 300.0) for s in (5, 10, 15, 20)]
+    # and the watch's throughput: 20 forwards x 4 x 16 input tokens, not twice that (the
+    # recipe gives the step after its forward, so a window holds the next step's forward)
+    step_s = dict(view.series("speed/step_s"))
+    tokens = [v * step_s[s] * 5 for s, v in view.series("speed/tokens_per_s")]
+    assert len(tokens) == 4 and sum(tokens) == pytest.approx(20 * 64, rel=1e-9)
     assert {"grad/norm", "grad/layers.1/norm", "delta/layers.0/up"} <= set(view.keys())
     assert not [a for a in view.alerts() if a["rule"] in ("probe_failed", "grads.detached")]
 
