@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 import trainspect as ts  # noqa: E402
 from tests.integrations import sharded_play  # noqa: E402
@@ -122,5 +124,114 @@ def test_the_tensor_parallel_recipe_counts_each_token_once(runs, tmp_path):
                   "2", "--master_port", str(free_port()))
     # one TP group: 5 steps x 4 sequences x 15 positions, counted on its first rank only
     assert view.series("text/supervised_tokens") == [(s, 300.0) for s in (5, 10, 15, 20)]
+    # and the watch's throughput: 20 forwards x 4 x 16 input tokens, not twice that (the
+    # recipe gives the step after its forward, so a window holds the next step's forward)
+    step_s = dict(view.series("speed/step_s"))
+    tokens = [v * step_s[s] * 5 for s, v in view.series("speed/tokens_per_s")]
+    assert len(tokens) == 4 and sum(tokens) == pytest.approx(20 * 64, rel=1e-9)
     assert {"grad/norm", "grad/layers.1/norm", "delta/layers.0/up"} <= set(view.keys())
     assert not [a for a in view.alerts() if a["rule"] in ("probe_failed", "grads.detached")]
+
+
+# ---- throughput under tensor parallelism: each token counted once ------------------------
+
+PEAK = 1e12  # FLOP/s per rank, so that speed/mfu is recorded on CPU
+
+
+class WithInputs(nn.Module):
+    """The toy LM behind a Hugging Face signature: the watch counts its mask and labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = sharded_play.ToyLM()
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids)
+
+
+def padded_batch(step: int):
+    """The global batch of `step`: sequence b has its last b positions padded (-100)."""
+    ids = sharded_play.batch(step)
+    mask = torch.ones_like(ids)
+    for b in range(ids.shape[0]):
+        mask[b, ids.shape[1] - b:] = 0
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def play_speed(rank: int, world: int, runs: str, mesh_shape: tuple, names: tuple,
+               pass_group: bool) -> None:
+    """Train the toy under TP (and FSDP2 over "dp" on a 2-D mesh), watched for speed only."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    os.environ["TRAINSPECT_DIR"] = runs
+    mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
+    tp_mesh = mesh[names[-1]] if len(names) > 1 else mesh
+    model = WithInputs()
+    parallelize_module(model.model, tp_mesh, sharded_play.tp_plan())
+    if len(names) > 1:
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh["dp"])
+        fully_shard(model, mesh=mesh["dp"])
+    rows = sharded_play.rows_of(rank, world, "dp" if len(names) > 1 else True)
+    opt = torch.optim.SGD(model.parameters(), lr=sharded_play.LR)
+    name = f"speed_{'x'.join(map(str, mesh_shape))}_{names[-1]}_{pass_group}"
+    with ts.init(project="sharded", name=name, log_every=sharded_play.LOG_EVERY) as run:
+        run.watch(model, lora=False, grads=False, hidden=False, peak_flops=PEAK,
+                  tp_group=tp_mesh if pass_group else None)
+        for step in range(1, sharded_play.STEPS + 1):
+            run.log({"tick": float(step)}, step=step)
+            ids, mask, labels = (t[rows] for t in padded_batch(step))
+            sharded_play.loss_of(model(input_ids=ids, attention_mask=mask, labels=labels),
+                                 ids).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+
+def one_process_counts() -> dict[int, tuple[float, float, float]]:
+    """(real tokens, supervised tokens, positions) one process counts per log window."""
+    out: dict[int, tuple[float, float, float]] = {}
+    for step in range(1, sharded_play.STEPS + 1):
+        ids, mask, labels = padded_batch(step)
+        end = -(-step // sharded_play.LOG_EVERY) * sharded_play.LOG_EVERY
+        real, supervised, positions = out.get(end, (0.0, 0.0, 0.0))
+        out[end] = (real + float(mask.sum()), supervised + float((labels[:, 1:] != -100).sum()),
+                    positions + mask.numel())
+    return out
+
+
+@pytest.mark.parametrize("mesh_shape,names,pass_group,copies", [
+    ((2,), ("tp",), True, 1),  # tp_group given
+    ((2, 2), ("dp", "tp"), False, 1),  # inferred: FSDP2 over "dp", each pair's first counts
+    ((2,), ("model",), False, 2),  # not named "tp", not given: every rank counts
+])
+def test_tensor_parallel_throughput_counts_each_token_once(runs, mesh_shape, names, pass_group,
+                                                           copies):
+    """Timing-free: tokens/s x the window's seconds (step_s x steps) is the window's pooled
+    token count, which must be one process's; MFU x peak x ranks x seconds is the model's
+    FLOPs (6 N per token, N every weight but the embedding, counted whole) over them."""
+    world = 1
+    for size in mesh_shape:
+        world *= size
+    run_ranks(play_speed, str(runs), mesh_shape, names, pass_group, world=world, timeout=120)
+    name = f"speed_{'x'.join(map(str, mesh_shape))}_{names[-1]}_{pass_group}"
+    view = stored(runs, name)
+    assert not [a for a in view.alerts() if a["rule"] == "probe_failed"]
+    whole = WithInputs()
+    n_matmul = sum(p.numel() for m in whole.modules() if not isinstance(m, nn.Embedding)
+                   for p in m.parameters(recurse=False))
+    series = {k: dict(view.series(f"speed/{k}")) for k in (
+        "tokens_per_s", "supervised_tokens_per_s", "padding_frac", "step_s", "mfu")}
+    expected = one_process_counts()
+    assert sorted(series["tokens_per_s"]) == sorted(expected)
+    for step, (real, supervised, positions) in expected.items():
+        window_s = series["step_s"][step] * sharded_play.LOG_EVERY
+        assert series["tokens_per_s"][step] * window_s == pytest.approx(copies * real, rel=1e-9)
+        assert series["supervised_tokens_per_s"][step] * window_s == pytest.approx(
+            copies * supervised, rel=1e-9)
+        assert series["padding_frac"][step] == pytest.approx(1 - real / positions, rel=1e-9)
+        flops = series["mfu"][step] * PEAK * world * window_s
+        assert flops == pytest.approx(6 * n_matmul * copies * real, rel=1e-9)
+    for rank in range(world):  # each rank's own rate: it processed the group's batch
+        assert min(v for _, v in view.series(f"speed/rank{rank}/tokens_per_s")) > 0

@@ -158,6 +158,32 @@ def test_speed_state_is_fixed_size(runs):
     run.finish()
 
 
+def test_a_tensor_parallel_peer_pools_zeros_in_the_same_layout():
+    """A rank that does not count (a TP group's other ranks) hands the flush zero tokens,
+    supervised tokens and positions, and its clock and steps as usual; its own counts stay
+    for its row of the per-rank table."""
+    steps = iter([0, 2])
+    probe = SpeedProbe(torch.device("cpu"), step_of=lambda: next(steps))
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    probe.count(mask, labels=torch.tensor([[5, 6, -100], [7, -100, -100]]))
+    probe.count(input_ids=torch.zeros(2, 4, dtype=torch.long))  # host-counted: 8 tokens
+    probe.counts = False
+    acc, host, peak = probe.state()
+    assert acc.shape == (3,) and host.shape == (10,) and peak.shape == (1,)
+    assert acc.tolist() == [0.0, 0.0, 0.0] and host[:3].tolist() == [0.0, 0.0, 0.0]
+    assert host[3:5].tolist() == [1.0, 2.0]  # label batches, batches
+    assert host[5] > 0 and host[6] == 2.0 and host[9] == 1.0  # seconds, steps, one rank
+    assert probe.acc.tolist() == [3.0, 3.0, 9.0] and probe.host[0] == 8.0  # this rank's
+
+
+def test_watch_rejects_a_tp_group_it_cannot_use(runs):
+    run = ts.init(project="p")
+    for bad in ("tp", 2):
+        with pytest.raises(ts.TrainspectError, match="`tp_group`"):
+            watch(run, Toy(), tp_group=bad)
+    run.finish()
+
+
 @pytest.mark.gpu
 def test_a_watched_lora_loop_never_syncs_and_reports_memory_and_mfu(runs):
     import peft

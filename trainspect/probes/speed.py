@@ -3,7 +3,9 @@
 What each number counts, per flush window:
 
 - `speed/tokens_per_s`: real tokens (attention_mask == 1; all positions when no mask is
-  known) over the window's wall time, summed over ranks: the job's throughput.
+  known) over the window's wall time, summed over ranks: the job's throughput. The ranks
+  of a tensor-parallel group see the same batch: only the group's first rank adds its
+  counts to the sum (`counts`), the others add zeros, so each token counts once.
 - `speed/supervised_tokens_per_s`: tokens whose label is not -100, likewise.
 - `speed/padding_frac`: 1 − real tokens / positions (B·T of each batch).
 - `speed/step_s`: window wall time / steps the run's step counter advanced. The host
@@ -25,7 +27,9 @@ What each number counts, per flush window:
                            backward; T the padded length, no causal halving, as in PaLM)
 
   A full fine-tune gives the usual 6·N + 12·L·d·T. N counts the weights that multiply
-  activations: every parameter except embedding tables (a tied LM head counts).
+  activations: every parameter except embedding tables (a tied LM head counts); a
+  DTensor (tensor parallel, FSDP2) at its whole size, so under tensor parallelism the
+  model's FLOPs over the tokens counted once, over every rank's time and peak.
 - `mem/peak_gb`: `torch.cuda.max_memory_allocated` in gigabytes (1e9 bytes) since the
   process began (not reset: user code may read it too), the maximum over ranks.
 
@@ -35,6 +39,7 @@ positions, memory) are written into the device state with `fill_` at the flush.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -48,6 +53,8 @@ from trainspect.distributed import all_reduce_max
 from trainspect.errors import TrainspectError
 from trainspect.probes.base import Probe
 from trainspect.records import Scalar
+
+log = logging.getLogger("trainspect.probes.speed")
 
 IGNORE_INDEX = -100
 MAX_GAPS = 256  # timed backward-to-forward gaps kept per window (events are small)
@@ -89,10 +96,13 @@ class SpeedProbe(Probe):
         self.peak = peak if peak is not None else peak_flops(device)
         self.explicit = False  # run.speed was called: the watch stops counting on its own
         self.explicit_data = False  # run.speed was given data_s: it wins over timed gaps
+        self.counts = True  # this rank's tokens go into the pooled sums (False: a TP peer's)
         kw = {"dtype": torch.float64, "device": device}
         self.acc = torch.zeros(3, **kw)  # real tokens, supervised tokens, Σ real·T
         self._real_acc, self._supervised_acc, self._real_t_acc = self.acc.unbind()  # views
         self.host = torch.zeros(10, **kw)
+        # what a rank that does not count pools: no tokens or positions, its clock and steps
+        self._peer_weights = torch.tensor([0.0] * 3 + [1.0] * 7, **kw)
         self.peak_bytes = torch.zeros(1, **kw)
         self._clear_host()
         self._window_start = time.perf_counter()
@@ -209,6 +219,9 @@ class SpeedProbe(Probe):
             self.peak_bytes.fill_(torch.cuda.max_memory_allocated(self.device))
             all_reduce_max(self.peak_bytes)  # the flush then sums: divided by ranks later
         self._clear_host()
+        if not self.counts:  # a TP peer: zeros in the pooled token sums; acc and host stay
+            # this rank's own for its row of the per-rank table (distributed.py)
+            return (self.acc * 0.0, self.host * self._peer_weights, self.peak_bytes)
         return (self.acc, self.host, self.peak_bytes)
 
     def reset(self) -> None:
@@ -267,6 +280,48 @@ def flop_counts(model: nn.Module) -> tuple[float, float | None]:
     width = getattr(config, "hidden_size", None)
     attention = 12.0 * layers * width if layers and width else None
     return 2.0 * (n_fwd + n_act + n_train), attention
+
+
+def check_tp_group(tp_group: Any) -> None:
+    """One clear error for a `tp_group` that is not a ProcessGroup or a 1-D DeviceMesh."""
+    if tp_group is None:
+        return
+    if hasattr(tp_group, "get_group"):  # a DeviceMesh
+        if tp_group.ndim == 1:
+            return
+        raise TrainspectError(f"expected `tp_group` to be a 1-D DeviceMesh, got one of "
+                              f"{tp_group.ndim} dimensions: pass mesh['tp']")
+    dist = torch.distributed
+    if not (dist.is_available() and isinstance(tp_group, dist.ProcessGroup)):
+        raise TrainspectError(f"expected `tp_group` to be a ProcessGroup or a 1-D DeviceMesh, "
+                              f"got {type(tp_group).__name__}")
+
+
+def counts_tokens(model: nn.Module, tp_group: Any) -> bool:
+    """Whether this rank's tokens go into the pooled sums: not on a tensor-parallel peer
+    (`tp_group`, else the model's "tp" mesh dimension) other than the group's first rank."""
+    from trainspect.probes.vocab_parallel import tp_counts
+
+    group = tp_group if tp_group is not None else tp_group_of(model)
+    return group is None or tp_counts(group)[1]
+
+
+def tp_group_of(model: nn.Module) -> Any:
+    """The process group of the mesh dimension named "tp" that the model's DTensor
+    parameters lie on (`parallelize_module` on a mesh named so), when there is exactly
+    one; else None: the ranks are not known to share their batches."""
+    from trainspect.probes.vocab_parallel import is_dtensor
+
+    groups: dict[tuple[int, ...], Any] = {}
+    for p in model.parameters():
+        names = getattr(getattr(p, "device_mesh", None), "mesh_dim_names", None) or ()
+        if is_dtensor(p) and "tp" in names:
+            group = p.device_mesh.get_group("tp")
+            groups[tuple(torch.distributed.get_process_group_ranks(group))] = group
+    if len(groups) > 1:
+        log.info("trainspect: the model's DTensors lie on %d different 'tp' groups: tokens "
+                 "are counted on every rank; pass watch(tp_group=...)", len(groups))
+    return next(iter(groups.values())) if len(groups) == 1 else None
 
 
 def _gap_share(gaps: list[tuple[Any, Any]], window_s: float, count: int) -> float:

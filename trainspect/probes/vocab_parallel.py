@@ -115,16 +115,27 @@ def plain_slice(width: int, vocab_start: Any, vocab_size: Any, tp_group: Any, wh
         return None, (f"expected `vocab_start` to be an int in [0, {vocab_size - width}] (the "
                       f"shard's {width} {what} must lie inside `vocab_size` {vocab_size}), got "
                       f"{vocab_start!r}")
-    group = _group(torch, tp_group)
+    group, counts = tp_counts(tp_group)
     if group is None and width != vocab_size:
         return None, (f"`vocab_start` {vocab_start} with a shard of {width} of {vocab_size} "
                       f"{what} needs torch.distributed initialised (or `tp_group`)")
-    counts = True
-    if group is not None:
-        counts = torch.distributed.get_rank(group) == 0
-        if torch.distributed.get_world_size(group) == 1:
-            group = None
+    if group is not None and torch.distributed.get_world_size(group) == 1:
+        group = None
     return VocabSlice(vocab_start, vocab_size, group, counts), None
+
+
+def tp_counts(tp_group: Any) -> tuple[Any, bool]:
+    """(the process group of `tp_group`, whether this rank counts what the group shares).
+
+    The ranks of a tensor-parallel group see the same rows; the group's first rank counts
+    them, so that a sum over every rank counts each once. `tp_group`: a ProcessGroup or a
+    1-D DeviceMesh; None: every rank (None and True without torch.distributed)."""
+    import torch
+
+    group = _group(torch, tp_group)
+    if group is None:
+        return None, True
+    return group, torch.distributed.get_rank(group) == 0
 
 
 def _group(torch: Any, tp_group: Any) -> Any:

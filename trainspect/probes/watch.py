@@ -54,7 +54,7 @@ from trainspect.probes.modules import (
     split_layer,
 )
 from trainspect.probes.placement import Tracked, deepspeed_zero, tracked_parameters
-from trainspect.probes.speed import SpeedProbe, flop_counts
+from trainspect.probes.speed import SpeedProbe, check_tp_group, counts_tokens, flop_counts
 from trainspect.records import Alert
 
 log = logging.getLogger("trainspect.probes.watch")
@@ -101,7 +101,8 @@ class Watch:
 
     def attach(self, *, lora: bool, grads: bool, hidden: bool, speed: bool,
                full_deltas: bool | None, hidden_modules: Any, top_k: int,
-               check_every_step: bool, peak_flops: float | None) -> Watch:
+               check_every_step: bool, peak_flops: float | None,
+               tp_group: Any = None) -> Watch:
         model, run = self.model, self.run
         params = tracked_parameters(model)
         by_name = {t.name: t for t in params}  # full paths, as the modules name them
@@ -134,7 +135,7 @@ class Watch:
                     self._handles.append(module.register_forward_hook(
                         functools.partial(self._on_hidden, probe, i)))
         if speed:
-            self._add_speed(device, peak_flops)
+            self._add_speed(device, peak_flops, tp_group)
         self._handles.append(model.register_forward_pre_hook(self._before, with_kwargs=True))
         self._handles.append(model.register_forward_hook(self._after))
         self._backward_watched = "grads" in self.probes or "speed" in self.probes
@@ -193,13 +194,15 @@ class Watch:
                    "stores it as train/grad_norm).",
             wall_time=time.time()))
 
-    def _add_speed(self, device: torch.device, peak_flops: float | None) -> None:
+    def _add_speed(self, device: torch.device, peak_flops: float | None,
+                   tp_group: Any) -> None:
         static, attention = flop_counts(self.model)
         probe = self.run.probe("speed")
         if probe is None:
             probe = SpeedProbe(device, step_of=lambda: self.run.step)
             self._own_speed = True
         probe.flops_per_token, probe.attention_flops = static, attention
+        probe.counts = counts_tokens(self.model, tp_group)
         if peak_flops is not None:
             probe.peak = peak_flops
         self._add(probe)
@@ -339,7 +342,7 @@ class Watch:
 def watch(run: Any, model: nn.Module, every: int | None = None, hidden_modules: Any = None, *,
           lora: bool = True, grads: bool = True, hidden: bool = True, speed: bool = True,
           full_deltas: bool | None = None, top_k: int = 5, check_finite: str = "every_step",
-          peak_flops: float | None = None) -> Watch | None:
+          peak_flops: float | None = None, tp_group: Any = None) -> Watch | None:
     """Watch `model` for the rest of the run: the code behind `Run.watch`.
 
     every: sample gradients, hidden statistics and LoRA deltas on one step every `every`
@@ -356,6 +359,10 @@ def watch(run: Any, model: nn.Module, every: int | None = None, hidden_modules: 
         per training forward) or "sampled" (only on sampled steps), for the first
         non-finite module.
     peak_flops: the device's peak FLOP/s for `speed/mfu` when it is not in the table.
+    tp_group: the tensor-parallel group (a ProcessGroup or a 1-D DeviceMesh) whose ranks
+        see the same batches: only its first rank counts their tokens, so `speed/...` is
+        what one process would record. Default: the mesh dimension named "tp" of the
+        model's DTensor parameters, if there is one; else every rank counts its own.
 
     Call once, before training (and before `torch.compile`); a second call replaces the
     first. Steps are the run's step counter when a hook runs: give the step to the run
@@ -374,6 +381,7 @@ def watch(run: Any, model: nn.Module, every: int | None = None, hidden_modules: 
     if check_finite not in ("every_step", "sampled"):
         raise TrainspectError(f"expected `check_finite` to be 'every_step' or 'sampled', got "
                               f"{check_finite!r}")
+    check_tp_group(tp_group)
     for name in ("lora", "grads", "hidden", "speed"):
         owner = getattr(run.probe(name), "owner", None)
         if isinstance(owner, Watch):
@@ -383,7 +391,7 @@ def watch(run: Any, model: nn.Module, every: int | None = None, hidden_modules: 
         return handle.attach(lora=lora, grads=grads, hidden=hidden, speed=speed,
                              full_deltas=full_deltas, hidden_modules=hidden_modules,
                              top_k=top_k, check_every_step=check_finite == "every_step",
-                             peak_flops=peak_flops)
+                             peak_flops=peak_flops, tp_group=tp_group)
     except TrainspectError:
         handle.remove()
         raise
@@ -391,3 +399,4 @@ def watch(run: Any, model: nn.Module, every: int | None = None, hidden_modules: 
         handle.remove()
         run._internal_error("watch", err)
         return None
+
