@@ -11,6 +11,7 @@ kept there, and a directory that already holds both is photographed without trai
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -86,7 +87,7 @@ def main() -> int:
                 browser.close()
         finally:
             server.stop()
-    print(f"wrote {len(SHOTS) + 2} screenshots to {out}")
+    logging.getLogger("trainspect.tools").info("wrote %d screenshots to %s", len(SHOTS) + 2, out)
     return 0
 
 

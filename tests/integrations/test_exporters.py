@@ -221,11 +221,6 @@ def test_bad_names_and_missing_packages_are_one_clear_error(runs, monkeypatch):
 
 
 def test_init_takes_exporters_and_finish_closes_them(runs):
-    import inspect
-
-    if "exporters" not in inspect.signature(ts.Run.__init__).parameters:
-        pytest.skip("Run has no `exporters=` yet (see docs/integrations.md)")
-
     class Recording(Exporter):
         name = "recording"
 

@@ -21,11 +21,14 @@ A teacher (`target_logits`) is not supported with sharded logits yet.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from trainspect.probes.samples import FIELDS, TOP_K
+
+log = logging.getLogger("trainspect.probes.vocab_parallel")
 
 
 @dataclass
@@ -220,8 +223,10 @@ def observe_shard(run: Any, probe: Any, step: int, stream: str, group: str | Non
     try:
         partials = _partials(logits, labels, shard.vocab_start)
         extra = None if sample is None else _top_candidates(logits, sample, shard)
-    except Exception:
-        _join_empty(shard, due, run._samples.num_samples)  # the other ranks must not wait
+    except Exception as err:  # re-raised: the caller reports the failed probe
+        log.debug("trainspect: step %s: vocab shard of %r failed (%s); joining the group's "
+                  "collectives empty so the other ranks do not wait", step, stream, err)
+        _join_empty(shard, due, run._samples.num_samples)
         raise
     stats, fold_labels, _, candidates = merge_shards(
         partials, labels, shard.vocab_size, group=shard.group, mask=mask,

@@ -90,7 +90,9 @@ class SpoolSync:
             conn = connect(self.url, self.purpose, statement_timeout_ms=SYNC_STATEMENT_TIMEOUT_MS)
             try:
                 migrate(conn, redact(self.url))
-            except Exception:
+            except Exception as err:  # re-raised: live sync retries, `trainspect sync` reports it
+                log.debug("trainspect: migrating %s failed (%s); connection closed",
+                          redact(self.url), err)
                 conn.close()
                 raise
             self._server = conn
@@ -134,7 +136,9 @@ class SpoolSync:
             try:
                 with server.transaction():
                     return self._push(server, local, meta)
-            except Exception:
+            except Exception as err:  # re-raised: live sync retries, `trainspect sync` reports it
+                log.debug("trainspect: push of %s rolled back (%s); meta is sent again next",
+                          self.path.name, err)
                 self._pushed_meta = None
                 raise
 
