@@ -261,6 +261,41 @@ def _teacher(logits: Any, hidden: Any, weight: Any, bias: Any, n: int, vocab: in
                    bias=None if bias is None else bias.detach())
 
 
+
+def recording_start(run: Any, step: Any, stream: str, vocab: int, hidden: Any
+                    ) -> tuple[int | None, tuple[int, int] | None]:
+    """The step a fused loss records at and its sample rows' (sequences, positions), the
+    first sequences of the batch on sample steps; (None, None) when nothing is recorded
+    (no run, or a problem with the step or the stream's layout: said once)."""
+    if run is None:
+        return None, None
+    if run._finished:
+        run._reject("linear_cross_entropy", stream, "the run has finished")
+        return None, None
+    try:
+        step = run._advance(step)
+    except TrainspectError as err:
+        run._reject("step", step, str(err))
+        return None, None
+    if "tokens" in run._disabled:
+        return None, None
+    probe = run.probe("tokens")
+    known = None if probe is None else probe.streams.get(stream)
+    if known is not None and (known.group is not None or known.vocab_size != vocab):
+        run._input_alert(
+            f"observe:{stream}:layout",
+            f"linear_cross_entropy(stream={stream!r}): V={vocab} differs from the stream's "
+            f"first batch (group={known.group!r}, V={known.vocab_size})",
+            "Use one stream name per head layout; this batch's statistics were skipped "
+            "(the loss was computed).")
+        return None, None
+    if not run._samples.due(stream, step):
+        return step, None
+    n_seq = 1 if hidden.dim() == 2 else math.prod(hidden.shape[:-2])
+    positions = hidden.shape[-2] if hidden.dim() > 2 else hidden.shape[0]
+    return step, (min(run._samples.num_samples, n_seq), positions)
+
+
 class RunStats:
     """One call's statistics for a run: the recorder, then the fold and the samples."""
 
@@ -278,34 +313,10 @@ class RunStats:
               teacher: Teacher | None, ignore_index: int,
               logit_softcap: float | None) -> RunStats | None:
         """The statistics of this call, or None (no run, or nothing to record: said once)."""
-        if run is None:
-            return None
-        if run._finished:
-            run._reject("linear_cross_entropy", stream, "the run has finished")
-            return None
-        try:
-            step = run._advance(step)
-        except TrainspectError as err:
-            run._reject("step", step, str(err))
-            return None
-        if "tokens" in run._disabled:
-            return None
         vocab = weight.shape[0]
-        probe = run.probe("tokens")
-        known = None if probe is None else probe.streams.get(stream)
-        if known is not None and (known.group is not None or known.vocab_size != vocab):
-            run._input_alert(
-                f"observe:{stream}:layout",
-                f"linear_cross_entropy(stream={stream!r}): V={vocab} differs from the "
-                f"stream's first batch (group={known.group!r}, V={known.vocab_size})",
-                "Use one stream name per head layout; this batch's statistics were skipped "
-                "(the loss was computed).")
+        step, sample_shape = recording_start(run, step, stream, vocab, hidden)
+        if step is None:
             return None
-        sample_shape = None
-        if run._samples.due(stream, step):
-            n_seq = 1 if hidden.dim() == 2 else math.prod(hidden.shape[:-2])
-            positions = hidden.shape[-2] if hidden.dim() > 2 else hidden.shape[0]
-            sample_shape = (min(run._samples.num_samples, n_seq), positions)
         recorder = RowRecorder(labels.shape[0], labels.device, ignore_index=ignore_index,
                                logit_softcap=logit_softcap, teacher=teacher,
                                sample_rows=0 if sample_shape is None else math.prod(sample_shape))

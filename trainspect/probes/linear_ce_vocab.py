@@ -60,7 +60,7 @@ def vocab_parallel_rows(hidden: Any, weight: Any, labels: Any, *, keep_rows: boo
 
     from trainspect.kernels.linear_ce_vocab import HeadSlice, vocab_parallel_linear_ce
     from trainspect.probes.labels import observe_labels
-    from trainspect.probes.linear_ce import _flat
+    from trainspect.probes.linear_ce import _flat, recording_start
 
     given = [name for name in UNSUPPORTED if options.get(name) is not None]
     if given:
@@ -80,7 +80,7 @@ def vocab_parallel_rows(hidden: Any, weight: Any, labels: Any, *, keep_rows: boo
     ignore_index = options.get("ignore_index", -100)
     stream = options.get("stream", "text")
     recorder = None
-    step, sample_shape = _start(run, options.get("step"), stream, where.size, hidden)
+    step, sample_shape = recording_start(run, options.get("step"), stream, where.size, hidden)
     if step is not None or keep_rows:
         recorder = _Rows(labels2.shape[0], labels2.device, ignore_index, where.group,
                          0 if sample_shape is None else math.prod(sample_shape))
@@ -144,44 +144,6 @@ class _Rows:
                              [getattr(stats, k) for k in names] + [fold_labels])
         if candidates is not None:
             self.candidates[:, start:start + candidates.shape[1]] = candidates
-
-
-def _start(run: Any, step: Any, stream: str, vocab: int, hidden: Any
-           ) -> tuple[int | None, tuple[int, int] | None]:
-    """The step to record at and the sample rows' (sequences, positions); (None, None)
-    when nothing is recorded (no run, or a problem: said once)."""
-    if run is None:
-        return None, None
-    if run._finished:
-        run._reject("linear_cross_entropy", stream, "the run has finished")
-        return None, None
-    try:
-        step = run._advance(step)
-    except TrainspectError as err:
-        run._reject("step", step, str(err))
-        return None, None
-    if "tokens" in run._disabled:
-        return None, None
-    probe = run.probe("tokens")
-    known = None if probe is None else probe.streams.get(stream)
-    if known is not None and (known.group is not None or known.vocab_size != vocab):
-        run._input_alert(
-            f"observe:{stream}:layout",
-            f"linear_cross_entropy(stream={stream!r}): V={vocab} differs from the stream's "
-            f"first batch (group={known.group!r}, V={known.vocab_size})",
-            "Use one stream name per head layout; this batch's statistics were skipped "
-            "(the loss was computed).")
-        return None, None
-    return step, _sample_shape(run, step, stream, hidden)
-
-
-def _sample_shape(run: Any, step: int, stream: str, hidden: Any) -> tuple[int, int] | None:
-    """As probes/linear_ce.py lays out sample rows: the first sequences of the batch."""
-    if not run._samples.due(stream, step):
-        return None
-    n_seq = 1 if hidden.dim() == 2 else math.prod(hidden.shape[:-2])
-    positions = hidden.shape[-2] if hidden.dim() > 2 else hidden.shape[0]
-    return min(run._samples.num_samples, n_seq), positions
 
 
 def _finish(run: Any, step: int, stream: str, where: VocabSlice, recorder: _Rows, labels: Any,
