@@ -314,21 +314,20 @@ class Run:
             from trainspect.probes.labels import observe_labels
 
             with torch.no_grad():  # statistics must never join the caller's autograd graph
-                if shard is not None:
+                if shard is not None:  # logits, labels and mask are the shard's (above)
                     from trainspect.probes.vocab_parallel import observe_shard
 
                     observe_shard(self, probe, step, stream, group, shard, input_ids,
                                   attention_mask, token_names, ignore_index)
-                    observe_labels(self, stream, group, shard.logits.shape, shard.labels,
-                                   shard.mask, input_ids, attention_mask, ignore_index,
-                                   count=shard.counts)
-                    return
-                probe.update(stream, group, logits, labels, mask, target_logits, ignore_index)
+                else:
+                    probe.update(stream, group, logits, labels, mask, target_logits,
+                                 ignore_index)
+                    if self._samples.due(stream, step):
+                        self._take_samples(step, stream, group, logits, labels, mask,
+                                           input_ids, attention_mask, token_names, ignore_index)
                 observe_labels(self, stream, group, logits.shape, labels, mask, input_ids,
-                               attention_mask, ignore_index)
-                if self._samples.due(stream, step):
-                    self._take_samples(step, stream, group, logits, labels, mask, input_ids,
-                                       attention_mask, token_names, ignore_index)
+                               attention_mask, ignore_index,
+                               count=shard is None or shard.counts)
         except Exception as err:
             self.probe_failed("tokens", "observe", err)
 
